@@ -1,0 +1,176 @@
+//! Map keys and values shared by the eBPF datapath and the controller.
+//!
+//! Every type is `#[repr(C)]` with explicit padding so that both sides agree on the byte
+//! layout and hash keys never contain uninitialised bytes. Addresses and ports are stored in
+//! network byte order, exactly as they appear in packets, so the datapath never swaps bytes.
+#![no_std]
+
+/// Names of the maps, as pinned under the pin directory.
+pub mod map_names {
+    pub const SERVICES: &str = "SLUICE_SVC4";
+    pub const SLOTS: &str = "SLUICE_SLOTS";
+    pub const BACKENDS: &str = "SLUICE_BACKENDS4";
+    pub const CONNTRACK: &str = "SLUICE_CT4";
+    pub const STATS: &str = "SLUICE_STATS";
+}
+
+/// Default capacities; the controller can override each at load time.
+pub mod capacity {
+    pub const SERVICES: u32 = 262_144;
+    pub const SLOTS: u32 = 2_097_152;
+    pub const BACKENDS: u32 = 1_048_576;
+    pub const CONNTRACK: u32 = 524_288;
+}
+
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const PROTO_SCTP: u8 = 132;
+
+/// A frontend: the address, port and protocol a client sends to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    /// IPv4 address, network byte order.
+    pub addr: u32,
+    /// Port, network byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+impl ServiceKey {
+    pub const fn new(addr_be: u32, port_be: u16, proto: u8) -> Self {
+        Self {
+            addr: addr_be,
+            port: port_be,
+            proto,
+            _pad: 0,
+        }
+    }
+}
+
+/// Selection algorithms, as stored in [`ServiceValue::algorithm`].
+pub mod algorithm {
+    pub const RANDOM: u8 = 0;
+}
+
+/// Flags in [`ServiceValue::flags`].
+pub mod service_flags {
+    /// Reserved so that an all-zero value is never mistaken for a configured service.
+    pub const PRESENT: u16 = 1 << 0;
+}
+
+/// The master entry of a frontend.
+///
+/// The backend slots of a frontend live in two banks. The controller writes a new backend set
+/// into the bank that is not live, then flips `bank` and `count` by replacing this one hash
+/// element, which readers observe atomically: a packet sees either the whole old set or the
+/// whole new set, never a mixture.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ServiceValue {
+    /// Identity of this frontend's backend set; keys its slots.
+    pub id: u32,
+    /// Number of backend slots in the live bank (0 means no usable endpoint).
+    pub count: u32,
+    /// The live bank, 0 or 1.
+    pub bank: u8,
+    pub algorithm: u8,
+    pub flags: u16,
+    pub _pad: u32,
+}
+
+/// Key of one backend slot: `slot` counts from 0 within `bank` of frontend `service_id`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SlotKey {
+    pub service_id: u32,
+    pub bank: u8,
+    pub _pad: [u8; 3],
+    pub slot: u32,
+}
+
+impl SlotKey {
+    pub const fn new(service_id: u32, bank: u8, slot: u32) -> Self {
+        Self {
+            service_id,
+            bank,
+            _pad: [0; 3],
+            slot,
+        }
+    }
+}
+
+/// A backend: where a frontend's traffic is sent. Keyed by a backend id (u32).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Backend {
+    /// IPv4 address, network byte order.
+    pub addr: u32,
+    /// Port, network byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub flags: u8,
+}
+
+/// Direction of a conntrack entry.
+pub mod ct_dir {
+    /// Client → frontend, as the client sent it.
+    pub const FORWARD: u8 = 0;
+    /// Backend → client, as the backend sent it.
+    pub const REPLY: u8 = 1;
+}
+
+/// A flow as seen on the wire in one direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CtKey {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub dir: u8,
+    pub _pad: u16,
+}
+
+/// What to rewrite for a tracked flow.
+///
+/// For a forward entry `nat_addr:nat_port` is the chosen backend (rewrite the destination);
+/// for a reply entry it is the frontend (rewrite the source).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CtValue {
+    pub nat_addr: u32,
+    pub nat_port: u16,
+    pub flags: u16,
+    pub backend_id: u32,
+    pub service_id: u32,
+    /// bpf_ktime_get_ns() of the last packet seen.
+    pub last_seen_ns: u64,
+}
+
+/// Indexes into the global per-CPU counter array.
+pub mod stat {
+    pub const PACKETS_SEEN: u32 = 0;
+    pub const DNAT_NEW_FLOW: u32 = 1;
+    pub const DNAT_TRACKED: u32 = 2;
+    pub const REVERSE_NAT: u32 = 3;
+    pub const DROP_NO_BACKEND: u32 = 4;
+    pub const DROP_BAD_SLOT: u32 = 5;
+    pub const CT_INSERT_FAILED: u32 = 6;
+    pub const COUNT: u32 = 8;
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are repr(C), Copy, contain only integers and explicit padding, so
+    // every bit pattern is valid and they have no uninitialised bytes.
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for ServiceValue {}
+    unsafe impl aya::Pod for SlotKey {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for CtKey {}
+    unsafe impl aya::Pod for CtValue {}
+}

@@ -1,0 +1,142 @@
+//! Sluice's datapath: service DNAT, connection tracking and reverse NAT at tc.
+#![no_std]
+#![no_main]
+
+mod maps;
+mod nat;
+mod packet;
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    macros::classifier,
+    programs::TcContext,
+};
+use proxy_common::{Backend, CtKey, CtValue, ServiceKey, SlotKey, ct_dir, stat};
+
+use crate::{
+    maps::{BACKENDS, CONNTRACK, SERVICES, SLOTS, count},
+    packet::Flow,
+};
+
+/// Attached at tc ingress of every node interface Sluice serves: translates client → frontend
+/// packets to a backend and backend → client replies back to the frontend.
+#[classifier]
+pub fn sluice_tc_ingress(ctx: TcContext) -> i32 {
+    count(stat::PACKETS_SEEN);
+    // A packet Sluice cannot parse is not Sluice's business: hand it to the stack untouched.
+    match handle(&ctx) {
+        Ok(action) => action,
+        Err(()) => TC_ACT_OK,
+    }
+}
+
+fn handle(ctx: &TcContext) -> Result<i32, ()> {
+    let Some(flow) = Flow::parse(ctx)? else {
+        return Ok(TC_ACT_OK);
+    };
+
+    // Replies are checked first: a backend's answer must be recognised even if the backend
+    // address is itself a frontend of some other Service.
+    let reply_key = flow.ct_key(ct_dir::REPLY);
+    if let Some(entry) = CONNTRACK.get_ptr_mut(&reply_key) {
+        // SAFETY: the pointer comes from a successful lookup in an LRU map and is only used
+        // within this program invocation (RCU protects the element until we return).
+        let entry = unsafe { &mut *entry };
+        entry.last_seen_ns = unsafe { bpf_ktime_get_ns() };
+        nat::rewrite_source(ctx, &flow, entry.nat_addr, entry.nat_port)?;
+        count(stat::REVERSE_NAT);
+        return Ok(TC_ACT_OK);
+    }
+
+    let svc_key = ServiceKey::new(flow.daddr, flow.dport, flow.proto);
+    // SAFETY: the value is copied out at once, so a concurrent replacement by the controller
+    // (the map is not preallocated, elements are freed after an RCU grace period) cannot
+    // change it under us.
+    let Some(svc) = (unsafe { SERVICES.get(&svc_key) }).copied() else {
+        return Ok(TC_ACT_OK);
+    };
+    if svc.count == 0 {
+        count(stat::DROP_NO_BACKEND);
+        return Ok(TC_ACT_SHOT);
+    }
+
+    let now = unsafe { bpf_ktime_get_ns() };
+    let fwd_key = flow.ct_key(ct_dir::FORWARD);
+    if let Some(entry) = CONNTRACK.get_ptr_mut(&fwd_key) {
+        let entry = unsafe { &mut *entry };
+        if backend_still_serves(entry) {
+            entry.last_seen_ns = now;
+            nat::rewrite_destination(ctx, &flow, entry.nat_addr, entry.nat_port)?;
+            count(stat::DNAT_TRACKED);
+            return Ok(TC_ACT_OK);
+        }
+        // The backend this flow was pinned to is gone: choose again rather than send the
+        // packet into a black hole (kube-proxy's stale UDP conntrack problem).
+    }
+
+    let index = unsafe { bpf_get_prandom_u32() } % svc.count;
+    let slot = SlotKey::new(svc.id, svc.bank, index);
+    let Some(backend_id) = (unsafe { SLOTS.get(&slot) }).copied() else {
+        count(stat::DROP_BAD_SLOT);
+        return Ok(TC_ACT_SHOT);
+    };
+    let Some(backend) = (unsafe { BACKENDS.get(&backend_id) }).copied() else {
+        count(stat::DROP_BAD_SLOT);
+        return Ok(TC_ACT_SHOT);
+    };
+
+    track(&flow, &fwd_key, &backend, backend_id, svc.id, now);
+    nat::rewrite_destination(ctx, &flow, backend.addr, backend.port)?;
+    count(stat::DNAT_NEW_FLOW);
+    Ok(TC_ACT_OK)
+}
+
+fn backend_still_serves(entry: &CtValue) -> bool {
+    match unsafe { BACKENDS.get(&entry.backend_id) } {
+        Some(b) => b.addr == entry.nat_addr && b.port == entry.nat_port,
+        None => false,
+    }
+}
+
+/// Records both directions of a new flow so later packets and replies skip selection.
+fn track(flow: &Flow, fwd_key: &CtKey, backend: &Backend, backend_id: u32, svc_id: u32, now: u64) {
+    let forward = CtValue {
+        nat_addr: backend.addr,
+        nat_port: backend.port,
+        flags: 0,
+        backend_id,
+        service_id: svc_id,
+        last_seen_ns: now,
+    };
+    let reply_key = CtKey {
+        saddr: backend.addr,
+        daddr: flow.saddr,
+        sport: backend.port,
+        dport: flow.sport,
+        proto: flow.proto,
+        dir: ct_dir::REPLY,
+        _pad: 0,
+    };
+    let reply = CtValue {
+        nat_addr: flow.daddr,
+        nat_port: flow.dport,
+        ..forward
+    };
+    // A failed insert still lets this packet through; the next packet retries the insert.
+    if CONNTRACK.insert(&reply_key, &reply, 0).is_err()
+        || CONNTRACK.insert(fwd_key, &forward, 0).is_err()
+    {
+        count(stat::CT_INSERT_FAILED);
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

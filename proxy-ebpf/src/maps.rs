@@ -1,0 +1,37 @@
+//! The maps the datapath reads. Layout and update protocol: docs/architecture.md.
+
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray},
+};
+use proxy_common::{Backend, CtKey, CtValue, ServiceKey, ServiceValue, SlotKey, capacity, stat};
+
+// Service, slot and backend maps are not preallocated: a preallocated hash map recycles a
+// replaced element at once, so a reader could see another key's value. Without prealloc the
+// kernel frees replaced elements after an RCU grace period, which makes the controller's
+// single-element master-entry swap atomic for readers.
+
+#[map(name = "SLUICE_SVC4")]
+pub static SERVICES: HashMap<ServiceKey, ServiceValue> =
+    HashMap::pinned(capacity::SERVICES, BPF_F_NO_PREALLOC);
+
+#[map(name = "SLUICE_SLOTS")]
+pub static SLOTS: HashMap<SlotKey, u32> = HashMap::pinned(capacity::SLOTS, BPF_F_NO_PREALLOC);
+
+#[map(name = "SLUICE_BACKENDS4")]
+pub static BACKENDS: HashMap<u32, Backend> = HashMap::pinned(capacity::BACKENDS, BPF_F_NO_PREALLOC);
+
+#[map(name = "SLUICE_CT4")]
+pub static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(capacity::CONNTRACK, 0);
+
+#[map(name = "SLUICE_STATS")]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(stat::COUNT, 0);
+
+#[inline(always)]
+pub fn count(index: u32) {
+    if let Some(counter) = STATS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+        unsafe { *counter += 1 };
+    }
+}

@@ -1,0 +1,255 @@
+//! Loading, attaching and pinning the datapath; and removing it (thin kernel layer).
+//!
+//! Links are pinned so the datapath outlives the process: a restarted `sluice run` loads a new
+//! program and swaps it into each pinned link atomically, reusing the pinned maps — so
+//! conntrack, and with it every established flow, survives.
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{
+        LinkOrder, SchedClassifier, TcAttachType,
+        links::{FdLink, PinnedLink},
+        tc::{SchedClassifierLink, TcAttachOptions},
+    },
+};
+use proxy_common::map_names;
+use tracing::{info, warn};
+
+use super::maps::PinnedMaps;
+
+pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/sluice";
+const TC_PROGRAM: &str = "sluice_tc_ingress";
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+const LINKS_DIR: &str = "links";
+
+/// Map capacities, applied when a map is created (an existing pinned map keeps its size).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapSizes {
+    pub services: u32,
+    pub slots: u32,
+    pub backends: u32,
+    pub conntrack: u32,
+}
+
+impl Default for MapSizes {
+    fn default() -> Self {
+        use proxy_common::capacity;
+        Self {
+            services: capacity::SERVICES,
+            slots: capacity::SLOTS,
+            backends: capacity::BACKENDS,
+            conntrack: capacity::CONNTRACK,
+        }
+    }
+}
+
+/// The loaded datapath. Dropping it leaves the programs attached and the maps pinned.
+pub struct Datapath {
+    _ebpf: Ebpf,
+    pub maps: PinnedMaps,
+    pub pin_dir: PathBuf,
+}
+
+/// Loads the programs, creates or adopts the pinned maps, and attaches to `interfaces`.
+pub fn load(pin_dir: &Path, interfaces: &[String], sizes: MapSizes) -> anyhow::Result<Datapath> {
+    check_privileges()?;
+    check_bpffs(pin_dir)?;
+    let links_dir = pin_dir.join(LINKS_DIR);
+    fs::create_dir_all(&links_dir)
+        .with_context(|| format!("creating pin directory {}", links_dir.display()))?;
+    let adopted = pin_dir.join(map_names::SERVICES).exists();
+
+    let mut ebpf = EbpfLoader::new()
+        .default_map_pin_directory(pin_dir)
+        .map_max_entries(map_names::SERVICES, sizes.services)
+        .map_max_entries(map_names::SLOTS, sizes.slots)
+        .map_max_entries(map_names::BACKENDS, sizes.backends)
+        .map_max_entries(map_names::CONNTRACK, sizes.conntrack)
+        .load(crate::EBPF_OBJECT)
+        .context("loading the eBPF object (the kernel verifier's log, if any, is above)")?;
+    let program: &mut SchedClassifier = ebpf
+        .program_mut(TC_PROGRAM)
+        .with_context(|| format!("program {TC_PROGRAM} missing from the eBPF object"))?
+        .try_into()?;
+    program
+        .load()
+        .with_context(|| format!("loading program {TC_PROGRAM} into the kernel"))?;
+
+    for iface in interfaces {
+        attach_tc_ingress(program, &links_dir, iface)?;
+    }
+    detach_unlisted(&links_dir, interfaces)?;
+    info!(
+        pin_dir = %pin_dir.display(),
+        ?interfaces,
+        adopted_maps = adopted,
+        "datapath loaded"
+    );
+    let maps = PinnedMaps::open(pin_dir)?;
+    Ok(Datapath {
+        _ebpf: ebpf,
+        maps,
+        pin_dir: pin_dir.to_path_buf(),
+    })
+}
+
+fn attach_tc_ingress(
+    program: &mut SchedClassifier,
+    links_dir: &Path,
+    iface: &str,
+) -> anyhow::Result<()> {
+    let ifindex = nix::net::if_::if_nametoindex(iface).with_context(|| {
+        format!("interface {iface} not found (check --interface / `interfaces` in the config)")
+    })?;
+    // The ifindex is part of the pin name: a link pinned for an interface that was deleted and
+    // re-created under the same name is defunct and must not be reused.
+    let pin = links_dir.join(format!("tc-ingress-{iface}-{ifindex}"));
+    match PinnedLink::from_pin(&pin) {
+        Ok(pinned) => {
+            let link = SchedClassifierLink::try_from(FdLink::from(pinned))
+                .context("pinned link is not a TCX link")?;
+            let id = program
+                .attach_to_link(link)
+                .with_context(|| format!("replacing the program on {iface}"))?;
+            // The pin keeps the link; this process's handle can go.
+            drop(program.take_link(id)?);
+            info!(iface, "replaced program in pinned tc link");
+        }
+        Err(_) => {
+            unpin_links_for(links_dir, iface)?;
+            let id = program
+                .attach_with_options(
+                    iface,
+                    TcAttachType::Ingress,
+                    TcAttachOptions::TcxOrder(LinkOrder::default()),
+                )
+                .with_context(|| {
+                    format!("attaching to {iface} ingress (needs TCX, Linux ≥ 6.6)")
+                })?;
+            let link: FdLink = program.take_link(id)?.try_into()?;
+            link.pin(&pin)
+                .with_context(|| format!("pinning link at {}", pin.display()))?;
+            info!(iface, "attached tc ingress");
+        }
+    }
+    Ok(())
+}
+
+fn link_iface(file_name: &str) -> Option<&str> {
+    let rest = file_name.strip_prefix("tc-ingress-")?;
+    Some(&rest[..rest.rfind('-')?])
+}
+
+fn unpin_links_for(links_dir: &Path, iface: &str) -> io::Result<()> {
+    for entry in fs::read_dir(links_dir)? {
+        let entry = entry?;
+        if link_iface(&entry.file_name().to_string_lossy()) == Some(iface) {
+            fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// Removing a pinned link's last reference detaches it.
+fn detach_unlisted(links_dir: &Path, interfaces: &[String]) -> io::Result<()> {
+    for entry in fs::read_dir(links_dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if link_iface(&name).is_none_or(|i| !interfaces.iter().any(|x| x == i)) {
+            warn!(link = %name, "detaching from an interface no longer configured");
+            fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// What `sluice cleanup` removed.
+#[derive(Debug, Default)]
+pub struct CleanupReport {
+    pub links: Vec<String>,
+    pub maps: Vec<String>,
+}
+
+/// Detaches every program Sluice attached (by removing its pinned links) and removes the pinned
+/// maps and the pin directory.
+pub fn cleanup(pin_dir: &Path) -> anyhow::Result<CleanupReport> {
+    check_privileges()?;
+    let mut report = CleanupReport::default();
+    if !pin_dir.exists() {
+        return Ok(report);
+    }
+    let links_dir = pin_dir.join(LINKS_DIR);
+    if links_dir.exists() {
+        for entry in fs::read_dir(&links_dir)? {
+            let entry = entry?;
+            fs::remove_file(entry.path())
+                .with_context(|| format!("removing {}", entry.path().display()))?;
+            report
+                .links
+                .push(entry.file_name().to_string_lossy().into_owned());
+        }
+        fs::remove_dir(&links_dir)?;
+    }
+    for entry in fs::read_dir(pin_dir)? {
+        let entry = entry?;
+        fs::remove_file(entry.path())
+            .with_context(|| format!("removing {}", entry.path().display()))?;
+        report
+            .maps
+            .push(entry.file_name().to_string_lossy().into_owned());
+    }
+    fs::remove_dir(pin_dir).with_context(|| format!("removing {}", pin_dir.display()))?;
+    Ok(report)
+}
+
+fn check_privileges() -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!(
+            "Sluice needs root (or CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN) to load and pin BPF \
+             programs: run it as root"
+        );
+    }
+    Ok(())
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+}
+
+/// Makes sure `pin_dir` lies on a BPF filesystem, mounting one at /sys/fs/bpf when nothing is
+/// mounted there yet (a fresh node often has none).
+fn check_bpffs(pin_dir: &Path) -> anyhow::Result<()> {
+    let probe = pin_dir
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"));
+    if is_bpffs(probe) {
+        return Ok(());
+    }
+    let default_root = Path::new("/sys/fs/bpf");
+    if pin_dir.starts_with(default_root) && default_root.is_dir() {
+        nix::mount::mount(
+            Some("bpf"),
+            default_root,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .with_context(|| format!("mounting a BPF filesystem at {}", default_root.display()))?;
+        warn!(path = %default_root.display(), "no BPF filesystem was mounted; mounted one");
+        if is_bpffs(probe) {
+            return Ok(());
+        }
+    }
+    bail!(
+        "{} is not on a BPF filesystem: mount one with `mount -t bpf bpf /sys/fs/bpf` (inside \
+         `ip netns exec`, /sys/fs/bpf is hidden: use nsenter instead)",
+        probe.display()
+    );
+}

@@ -1,0 +1,8 @@
+//! Everything between the desired state and the kernel: the map layout (pure), the update
+//! plan (pure), and the thin layers that load programs and write maps.
+
+pub mod layout;
+pub mod loader;
+pub mod maps;
+pub mod plan;
+pub mod snapshot;

@@ -1,0 +1,276 @@
+//! Turning desired map contents into ordered map writes (pure).
+//!
+//! The update protocol, which keeps every packet's view consistent:
+//! 1. For each changed frontend, one *group*: new backends, then the frontend's slots written
+//!    into its idle bank, then its master entry replaced in one element update that flips the
+//!    live bank and count. Until that last write, readers see the old set; after it, the new.
+//!    A group that fails (a full map) is rolled back whole; the old entry keeps serving.
+//! 2. Then garbage, computed from what is now live: master entries of removed frontends
+//!    first, then slots no live bank uses, then backends no live slot uses.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use proxy_common::{Backend, ServiceKey, ServiceValue, SlotKey, service_flags};
+
+use super::{layout::DesiredMaps, snapshot::Snapshot};
+
+/// One map write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    PutBackend(u32, Backend),
+    PutSlot(SlotKey, u32),
+    PutService(ServiceKey, ServiceValue),
+    DeleteService(ServiceKey),
+    DeleteSlot(SlotKey),
+    DeleteBackend(u32),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("map {map} is full: raise `{setting}` in the Sluice configuration")]
+    Full {
+        map: &'static str,
+        setting: &'static str,
+    },
+    #[error("writing map {map} failed: {source}")]
+    Kernel {
+        map: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Something that executes map writes: the kernel's maps, or a [`Snapshot`] in tests.
+pub trait MapStore {
+    fn apply(&mut self, op: &Op) -> Result<(), StoreError>;
+}
+
+/// The writes that move one frontend to its desired contents.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Group {
+    pub key: ServiceKey,
+    pub ops: Vec<Op>,
+}
+
+/// Plans the groups for every frontend in `desired` that differs from `current`.
+pub fn plan_updates(current: &Snapshot, desired: &DesiredMaps) -> Vec<Group> {
+    let mut ids = IdAllocator::new(current);
+    let mut groups = Vec::new();
+    for (key, entry) in desired {
+        let backend_ids: Vec<u32> = entry.backends.iter().map(|b| ids.backend(b)).collect();
+        let mut ops = Vec::new();
+        for (&id, backend) in backend_ids.iter().zip(&entry.backends) {
+            if current.backends.get(&id) != Some(backend)
+                && !ops.contains(&Op::PutBackend(id, *backend))
+            {
+                ops.push(Op::PutBackend(id, *backend));
+            }
+        }
+        let existing = current.services.get(key);
+        let live = current.live_backend_ids(key);
+        let (id, bank) = match (existing, live) {
+            (Some(svc), Some(live)) if live == backend_ids => (svc.id, svc.bank),
+            (Some(svc), _) => (svc.id, 1 - svc.bank),
+            (None, _) => (ids.service(), 0),
+        };
+        let count = u32::try_from(backend_ids.len()).unwrap_or(u32::MAX);
+        if existing.is_none_or(|svc| svc.bank != bank) {
+            for (slot, &backend_id) in (0..count).zip(&backend_ids) {
+                let slot_key = SlotKey::new(id, bank, slot);
+                if current.slots.get(&slot_key) != Some(&backend_id) {
+                    ops.push(Op::PutSlot(slot_key, backend_id));
+                }
+            }
+        }
+        let value = ServiceValue {
+            id,
+            count,
+            bank,
+            algorithm: entry.algorithm,
+            flags: service_flags::PRESENT,
+            _pad: 0,
+        };
+        if existing != Some(&value) {
+            ops.push(Op::PutService(*key, value));
+        }
+        if !ops.is_empty() {
+            groups.push(Group { key: *key, ops });
+        }
+    }
+    groups
+}
+
+/// Plans the deletions that `current` needs once every frontend in it is as desired: entries
+/// nothing live refers to.
+pub fn plan_garbage(current: &Snapshot, desired: &DesiredMaps) -> Vec<Op> {
+    let mut ops: Vec<Op> = current
+        .services
+        .keys()
+        .filter(|k| !desired.contains_key(k))
+        .map(|k| Op::DeleteService(*k))
+        .collect();
+    let live: BTreeMap<u32, &ServiceValue> = current
+        .services
+        .iter()
+        .filter(|(k, _)| desired.contains_key(k))
+        .map(|(_, v)| (v.id, v))
+        .collect();
+    let mut used_backends = BTreeSet::new();
+    for (slot_key, backend_id) in &current.slots {
+        let is_live = live
+            .get(&slot_key.service_id)
+            .is_some_and(|svc| svc.bank == slot_key.bank && slot_key.slot < svc.count);
+        if is_live {
+            used_backends.insert(*backend_id);
+        } else {
+            ops.push(Op::DeleteSlot(*slot_key));
+        }
+    }
+    ops.extend(
+        current
+            .backends
+            .keys()
+            .filter(|id| !used_backends.contains(id))
+            .map(|id| Op::DeleteBackend(*id)),
+    );
+    ops
+}
+
+/// What a sync did.
+#[derive(Debug, Default)]
+pub struct SyncReport {
+    pub writes: usize,
+    pub deletes: usize,
+    pub failed: Vec<(ServiceKey, StoreError)>,
+}
+
+/// Brings `store` (and `mirror`, its in-memory image) to `desired`, group by group, then
+/// collects garbage. A failed group is rolled back and reported; the others proceed.
+pub fn sync(store: &mut impl MapStore, mirror: &mut Snapshot, desired: &DesiredMaps) -> SyncReport {
+    let mut report = SyncReport::default();
+    for group in plan_updates(mirror, desired) {
+        let mut undo: Vec<Op> = Vec::new();
+        let mut failure = None;
+        for op in &group.ops {
+            // A backend another group already wrote in this sync needs no second write.
+            if let Op::PutBackend(id, b) = op
+                && mirror.backends.get(id) == Some(b)
+            {
+                continue;
+            }
+            let previous = inverse(mirror, op);
+            match store.apply(op) {
+                Ok(()) => {
+                    mirror.apply(op).expect("the mirror has no limits");
+                    undo.push(previous);
+                    report.writes += 1;
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        if let Some(error) = failure {
+            for op in undo.iter().rev() {
+                // Undoing only deletes or restores entries that existed a moment ago, so it
+                // cannot run out of room; a kernel error here leaves garbage for the next
+                // sync, never a live entry pointing nowhere.
+                if store.apply(op).is_ok() {
+                    mirror.apply(op).expect("the mirror has no limits");
+                }
+            }
+            report.failed.push((group.key, error));
+        }
+    }
+    // Frontends whose update failed keep their old (still complete) entries.
+    let mut keep = desired.clone();
+    for (key, _) in &report.failed {
+        if !mirror.services.contains_key(key) {
+            keep.remove(key);
+        }
+    }
+    for op in plan_garbage(mirror, &keep) {
+        if store.apply(&op).is_ok() {
+            mirror.apply(&op).expect("the mirror has no limits");
+            report.deletes += 1;
+        }
+    }
+    report
+}
+
+/// The write that undoes `op` against the state in `mirror`.
+fn inverse(mirror: &Snapshot, op: &Op) -> Op {
+    match *op {
+        Op::PutService(k, _) | Op::DeleteService(k) => match mirror.services.get(&k) {
+            Some(v) => Op::PutService(k, *v),
+            None => Op::DeleteService(k),
+        },
+        Op::PutSlot(k, _) | Op::DeleteSlot(k) => match mirror.slots.get(&k) {
+            Some(v) => Op::PutSlot(k, *v),
+            None => Op::DeleteSlot(k),
+        },
+        Op::PutBackend(k, _) | Op::DeleteBackend(k) => match mirror.backends.get(&k) {
+            Some(v) => Op::PutBackend(k, *v),
+            None => Op::DeleteBackend(k),
+        },
+    }
+}
+
+/// Hands out ids not in use, reusing a backend's id when the same backend already exists.
+struct IdAllocator {
+    backend_ids: BTreeMap<Backend, u32>,
+    used_backend_ids: BTreeSet<u32>,
+    used_service_ids: BTreeSet<u32>,
+    next_backend: u32,
+    next_service: u32,
+}
+
+impl IdAllocator {
+    fn new(current: &Snapshot) -> Self {
+        Self {
+            backend_ids: current.backends.iter().map(|(id, b)| (*b, *id)).collect(),
+            used_backend_ids: current.backends.keys().copied().collect(),
+            // Ids with leftover slots stay reserved until garbage collection removes them,
+            // so a new frontend never inherits another's slots.
+            used_service_ids: current
+                .services
+                .values()
+                .map(|v| v.id)
+                .chain(current.slots.keys().map(|k| k.service_id))
+                .collect(),
+            next_backend: 1,
+            next_service: 1,
+        }
+    }
+
+    fn backend(&mut self, backend: &Backend) -> u32 {
+        if let Some(&id) = self.backend_ids.get(backend) {
+            return id;
+        }
+        let id = next_free(&self.used_backend_ids, &mut self.next_backend);
+        self.used_backend_ids.insert(id);
+        self.backend_ids.insert(*backend, id);
+        id
+    }
+
+    fn service(&mut self) -> u32 {
+        let id = next_free(&self.used_service_ids, &mut self.next_service);
+        self.used_service_ids.insert(id);
+        id
+    }
+}
+
+/// The smallest id ≥ `*next` (0 is never used) not in `used`.
+fn next_free(used: &BTreeSet<u32>, next: &mut u32) -> u32 {
+    loop {
+        let candidate = (*next).max(1);
+        *next = candidate.wrapping_add(1);
+        if !used.contains(&candidate) {
+            return candidate;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

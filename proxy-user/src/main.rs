@@ -1,0 +1,103 @@
+use std::{net::IpAddr, sync::Arc};
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use sluice::{
+    cli::{Cli, Command, RunArgs},
+    controller::{Controller, SyncSettings},
+    dataplane::loader::{self, MapSizes},
+    model::NodeContext,
+    source::{Inputs, manifests},
+};
+use tracing::info;
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log_format);
+    let result = match cli.command {
+        Command::Run(args) => run(args),
+        Command::Cleanup(args) => loader::cleanup(&args.pin_path).map(|report| {
+            println!(
+                "removed {} link(s) and {} pinned map(s) from {}",
+                report.links.len(),
+                report.maps.len(),
+                args.pin_path.display()
+            );
+        }),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sluice: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let datapath = loader::load(&args.pin_path, &args.interfaces, MapSizes::default())?;
+    let node_addresses = if args.node_addresses.is_empty() {
+        interface_addresses(&args.interfaces)?
+    } else {
+        args.node_addresses.clone()
+    };
+    let node = NodeContext {
+        node_name: None,
+        node_addresses,
+    };
+    let settings = SyncSettings {
+        min_sync_period: args.min_sync_period,
+        sync_period: args.sync_period,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let (tx, rx) = tokio::sync::watch::channel(Arc::new(Inputs::default()));
+        tokio::spawn(manifests::watch(args.manifests.clone(), args.poll_interval, tx, |_| {}));
+        let controller = Controller::new(datapath.maps, node, settings);
+        tokio::select! {
+            () = controller.run(rx) => {}
+            () = shutdown_signal() => info!("stopping; the datapath stays attached (`sluice cleanup` removes it)"),
+        }
+        anyhow::Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+fn interface_addresses(interfaces: &[String]) -> anyhow::Result<Vec<IpAddr>> {
+    let mut out = Vec::new();
+    for ifaddr in nix::ifaddrs::getifaddrs().context("listing interface addresses")? {
+        if !interfaces.contains(&ifaddr.interface_name) {
+            continue;
+        }
+        if let Some(sin) = ifaddr.address.as_ref().and_then(|a| a.as_sockaddr_in()) {
+            out.push(IpAddr::V4(sin.ip()));
+        } else if let Some(sin6) = ifaddr.address.as_ref().and_then(|a| a.as_sockaddr_in6()) {
+            out.push(IpAddr::V6(sin6.ip()));
+        }
+    }
+    Ok(out)
+}

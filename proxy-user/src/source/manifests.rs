@@ -1,0 +1,242 @@
+//! The embedded source that needs no cluster: a folder of Service and EndpointSlice YAML.
+//!
+//! The folder is polled rather than watched with inotify: ConfigMap volumes and editors replace
+//! files by renaming symlinks and directories, which inotify reports unreliably, and a poll of a
+//! small folder costs nothing.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use serde::Deserialize;
+use tracing::{error, info, warn};
+
+use super::Inputs;
+
+/// The objects parsed from one file.
+#[derive(Clone, Debug, Default)]
+pub struct FileObjects {
+    pub services: Vec<Service>,
+    pub slices: Vec<EndpointSlice>,
+}
+
+/// A document that could not be used, with where it came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParseProblem {
+    pub path: PathBuf,
+    /// 1-based index of the YAML document within the file.
+    pub document: usize,
+    pub reason: String,
+}
+
+impl std::fmt::Display for ParseProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} (document {}): {}",
+            self.path.display(),
+            self.document,
+            self.reason
+        )
+    }
+}
+
+/// Parses one file's text. Good documents are kept even when others in the file are bad.
+pub fn parse_file(path: &Path, text: &str) -> (FileObjects, Vec<ParseProblem>) {
+    let mut objects = FileObjects::default();
+    let mut problems = Vec::new();
+    for (index, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let problem = |reason: String| ParseProblem {
+            path: path.to_path_buf(),
+            document: index + 1,
+            reason,
+        };
+        let value = match serde_yaml::Value::deserialize(doc) {
+            Ok(serde_yaml::Value::Null) => continue,
+            Ok(v) => v,
+            Err(e) => {
+                problems.push(problem(format!("invalid YAML: {e}")));
+                // After a syntax error the document stream cannot be trusted.
+                break;
+            }
+        };
+        if let Err(reason) = add_object(value, &mut objects) {
+            problems.push(problem(reason));
+        }
+    }
+    (objects, problems)
+}
+
+fn add_object(value: serde_yaml::Value, into: &mut FileObjects) -> Result<(), String> {
+    let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or("");
+    let api_version = value
+        .get("apiVersion")
+        .and_then(|k| k.as_str())
+        .unwrap_or("");
+    match (kind, api_version) {
+        ("Service", "v1") => {
+            let svc: Service =
+                serde_yaml::from_value(value).map_err(|e| format!("Service: {e}"))?;
+            if svc.metadata.name.is_none() {
+                return Err("Service without metadata.name".into());
+            }
+            into.services.push(svc);
+        }
+        ("EndpointSlice", "discovery.k8s.io/v1") => {
+            let slice: EndpointSlice =
+                serde_yaml::from_value(value).map_err(|e| format!("EndpointSlice: {e}"))?;
+            into.slices.push(slice);
+        }
+        ("List", "v1") => {
+            let items = value
+                .get("items")
+                .and_then(|i| i.as_sequence())
+                .cloned()
+                .unwrap_or_default();
+            for item in items {
+                add_object(item, into)?;
+            }
+        }
+        ("", _) => return Err("no `kind`".into()),
+        (kind, api_version) => {
+            return Err(format!(
+                "{api_version} {kind} is not a v1 Service or discovery.k8s.io/v1 EndpointSlice"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Fingerprint of a file, to notice changes without reading it.
+type Stamp = (SystemTime, u64);
+
+/// Reads a manifests folder and remembers what each file last parsed to.
+#[derive(Debug)]
+pub struct ManifestFolder {
+    dir: PathBuf,
+    files: BTreeMap<PathBuf, (Stamp, FileObjects)>,
+}
+
+impl ManifestFolder {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            files: BTreeMap::new(),
+        }
+    }
+
+    /// Re-reads changed files. Returns `Ok(true)` when anything changed. A file that turns
+    /// malformed keeps its last good objects, so a bad edit never takes a working Service
+    /// away; its problems are logged.
+    pub fn refresh(&mut self) -> std::io::Result<(bool, Vec<ParseProblem>)> {
+        let mut changed = false;
+        let mut problems = Vec::new();
+        let mut present = Vec::new();
+        let mut entries: Vec<PathBuf> = fs::read_dir(&self.dir)?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| {
+                matches!(
+                    p.extension().and_then(|e| e.to_str()),
+                    Some("yaml" | "yml" | "json")
+                )
+            })
+            .collect();
+        entries.sort();
+        for path in entries {
+            // Follows symlinks, as ConfigMap volumes need.
+            let Ok(meta) = fs::metadata(&path) else {
+                continue;
+            };
+            if !meta.is_file() {
+                continue;
+            }
+            present.push(path.clone());
+            let stamp = (
+                meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                meta.len(),
+            );
+            if self.files.get(&path).is_some_and(|(s, _)| *s == stamp) {
+                continue;
+            }
+            let text = match fs::read_to_string(&path) {
+                Ok(t) => t,
+                Err(e) => {
+                    problems.push(ParseProblem {
+                        path: path.clone(),
+                        document: 0,
+                        reason: e.to_string(),
+                    });
+                    continue;
+                }
+            };
+            let (objects, file_problems) = parse_file(&path, &text);
+            if file_problems.is_empty() || !self.files.contains_key(&path) {
+                self.files.insert(path.clone(), (stamp, objects));
+            } else {
+                // Remember the stamp so the same bad content is reported once, not every poll.
+                if let Some(entry) = self.files.get_mut(&path) {
+                    entry.0 = stamp;
+                }
+            }
+            problems.extend(file_problems);
+            changed = true;
+        }
+        let before = self.files.len();
+        self.files.retain(|p, _| present.contains(p));
+        changed |= self.files.len() != before;
+        Ok((changed, problems))
+    }
+
+    pub fn inputs(&self) -> Inputs {
+        let mut inputs = Inputs::default();
+        for (_, objects) in self.files.values() {
+            inputs.services.extend(objects.services.iter().cloned());
+            inputs.slices.extend(objects.slices.iter().cloned());
+        }
+        inputs
+    }
+}
+
+/// Polls `dir` every `interval` and publishes the objects whenever a file changes.
+pub async fn watch(
+    dir: PathBuf,
+    interval: Duration,
+    tx: tokio::sync::watch::Sender<Arc<Inputs>>,
+    problems_total: impl Fn(usize) + Send + 'static,
+) {
+    let mut folder = ManifestFolder::new(&dir);
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut first = true;
+    loop {
+        ticker.tick().await;
+        match folder.refresh() {
+            Ok((changed, problems)) => {
+                for p in &problems {
+                    error!(problem = %p, "skipping malformed manifest; other manifests keep working");
+                }
+                problems_total(problems.len());
+                if changed || first {
+                    let inputs = folder.inputs();
+                    info!(
+                        dir = %dir.display(),
+                        services = inputs.services.len(),
+                        endpoint_slices = inputs.slices.len(),
+                        "manifests loaded"
+                    );
+                    if tx.send(Arc::new(inputs)).is_err() {
+                        return;
+                    }
+                    first = false;
+                }
+            }
+            Err(e) => warn!(dir = %dir.display(), error = %e, "cannot read manifests folder"),
+        }
+    }
+}
