@@ -163,6 +163,7 @@ fn detach_unlisted(links_dir: &Path, interfaces: &[String]) -> io::Result<()> {
         let name = entry.file_name().to_string_lossy().into_owned();
         if link_iface(&name).is_none_or(|i| !interfaces.iter().any(|x| x == i)) {
             warn!(link = %name, "detaching from an interface no longer configured");
+            let _ = super::link_detach::detach_pinned_link(&entry.path());
             fs::remove_file(entry.path())?;
         }
     }

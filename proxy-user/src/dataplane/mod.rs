@@ -2,6 +2,7 @@
 //! plan (pure), and the thin layers that load programs and write maps.
 
 pub mod layout;
+mod link_detach;
 pub mod loader;
 pub mod maps;
 pub mod plan;
