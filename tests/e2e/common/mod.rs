@@ -88,10 +88,16 @@ pub struct Sluice {
     node: Host,
     interfaces: Vec<String>,
     manifests: PathBuf,
+    extra_args: Vec<String>,
 }
 
 impl Sluice {
     pub fn start(topo: &Topology, scratch: &Scratch) -> Self {
+        Self::start_with(topo, scratch, &[])
+    }
+
+    /// Starts with extra `sluice run` arguments.
+    pub fn start_with(topo: &Topology, scratch: &Scratch, extra_args: &[&str]) -> Self {
         ensure_bpffs();
         let mut s = Self {
             child: None,
@@ -100,6 +106,7 @@ impl Sluice {
             node: topo.node().clone(),
             interfaces: topo.node_interfaces(),
             manifests: scratch.manifests(),
+            extra_args: extra_args.iter().map(ToString::to_string).collect(),
         };
         s.spawn();
         s
@@ -121,6 +128,7 @@ impl Sluice {
         for i in &self.interfaces {
             cmd.args(["--interface", i]);
         }
+        cmd.args(&self.extra_args);
         cmd.stdout(Stdio::null()).stderr(log);
         self.child = Some(cmd.spawn().expect("starting sluice"));
     }

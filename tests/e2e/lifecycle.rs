@@ -1,0 +1,176 @@
+//! Sluice's lifecycle end to end: restarts keep live flows, drift in the maps is repaired.
+
+mod common;
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream},
+    time::Duration,
+};
+
+use common::*;
+use proxy_common::PROTO_TCP;
+use sluice_testbed::{Host, Topology, require_root};
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
+const TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A line-echo server that keeps connections open, bound inside `host`'s namespace.
+fn echo_server(host: &Host, port: u16) {
+    let listener = host
+        .run(move || TcpListener::bind(("0.0.0.0", port)))
+        .unwrap();
+    let role = host.role().to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let role = role.clone();
+            std::thread::spawn(move || {
+                let mut writer = stream.try_clone().unwrap();
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { return };
+                    if writeln!(writer, "{role} {line}").is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+}
+
+struct Conn {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+    server: String,
+}
+
+impl Conn {
+    fn open(client: &Host, dest: SocketAddrV4) -> Conn {
+        let stream = client
+            .run(move || TcpStream::connect_timeout(&dest.into(), TIMEOUT))
+            .expect("connecting to the VIP");
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let mut conn = Conn {
+            writer: stream.try_clone().unwrap(),
+            reader: BufReader::new(stream),
+            server: String::new(),
+        };
+        conn.server = conn
+            .exchange("hello")
+            .split(' ')
+            .next()
+            .unwrap()
+            .to_string();
+        conn
+    }
+
+    /// Sends a line and returns the echo; panics if the connection broke.
+    fn exchange(&mut self, msg: &str) -> String {
+        writeln!(self.writer, "{msg}").expect("writing to an established connection");
+        let mut line = String::new();
+        self.reader
+            .read_line(&mut line)
+            .expect("reading from an established connection");
+        assert!(
+            line.ends_with(&format!("{msg}\n")),
+            "echo {line:?} for {msg:?}"
+        );
+        line
+    }
+}
+
+#[test]
+fn restart_keeps_established_connections_and_applies_changes_made_while_down() {
+    require_root();
+    let topo = Topology::star("restart", 3).unwrap();
+    let scratch = Scratch::new("restart");
+    for b in topo.backends() {
+        echo_server(b, 7000);
+    }
+    let ips: Vec<_> = topo.backends().iter().map(v4).collect();
+    let addrs: Vec<_> = ips.iter().map(|ip| SocketAddrV4::new(*ip, 7000)).collect();
+    let vip = SocketAddrV4::new(VIP, 7000);
+    scratch.write_manifest(
+        "echo.yaml",
+        &service_yaml("echo", VIP, &[tcp("echo", 7000, 7000)], &ips[..2]),
+    );
+    let mut sluice = Sluice::start(&topo, &scratch);
+    sluice.wait_for_backends(vip, PROTO_TCP, &addrs[..2]);
+
+    let mut conns: Vec<Conn> = (0..12).map(|_| Conn::open(topo.client(), vip)).collect();
+    assert!(conns.iter().all(|c| c.server != "backend2"));
+
+    sluice.kill();
+    // While Sluice is down the datapath keeps serving, and the Service changes.
+    for c in &mut conns {
+        c.exchange("while-down");
+    }
+    scratch.write_manifest(
+        "echo.yaml",
+        &service_yaml("echo", VIP, &[tcp("echo", 7000, 7000)], &ips),
+    );
+    let new_while_down = Conn::open(topo.client(), vip);
+    assert_ne!(
+        new_while_down.server, "backend2",
+        "nothing applies changes while Sluice is down"
+    );
+
+    sluice.restart();
+    sluice.wait_for_backends(vip, PROTO_TCP, &addrs);
+    for (i, c) in conns.iter_mut().enumerate() {
+        let echo = c.exchange(&format!("after-restart-{i}"));
+        assert!(
+            echo.starts_with(&c.server),
+            "connection {i} stayed on {}: {echo:?}",
+            c.server
+        );
+    }
+    // New connections reach the backend added while Sluice was down.
+    let servers: Vec<String> = (0..60)
+        .map(|_| Conn::open(topo.client(), vip).server)
+        .collect();
+    assert!(servers.iter().any(|s| s == "backend2"), "{servers:?}");
+    assert!(
+        !sluice.log().contains("ERROR"),
+        "sluice log:\n{}",
+        sluice.log()
+    );
+}
+
+#[test]
+fn drift_in_the_maps_is_repaired_by_the_next_full_sync() {
+    require_root();
+    let topo = Topology::star("drift", 1).unwrap();
+    let scratch = Scratch::new("drift");
+    let _server = topo.backends()[0].tcp_server(8080).unwrap();
+    let backend = SocketAddrV4::new(v4(&topo.backends()[0]), 8080);
+    let vip = SocketAddrV4::new(VIP, 80);
+    scratch.write_manifest(
+        "web.yaml",
+        &service_yaml("web", VIP, &[tcp("http", 80, 8080)], &[*backend.ip()]),
+    );
+    let sluice = Sluice::start_with(&topo, &scratch, &["--sync-period", "1s"]);
+    sluice.wait_for_backends(vip, PROTO_TCP, &[backend]);
+
+    // Someone deletes the Service's master entry behind Sluice's back.
+    let mut maps = sluice.maps();
+    maps.services.remove(&service_key(vip, PROTO_TCP)).unwrap();
+    assert!(
+        maps.snapshot()
+            .live_backends(&service_key(vip, PROTO_TCP))
+            .is_none()
+    );
+    assert!(
+        topo.client()
+            .tcp_request(sock(VIP, 80), Duration::from_millis(300))
+            .is_err(),
+        "the deleted entry really stopped the Service"
+    );
+
+    sluice.wait_for_backends(vip, PROTO_TCP, &[backend]);
+    let reply = topo
+        .client()
+        .tcp_request(sock(VIP, 80), TIMEOUT)
+        .expect("served again");
+    assert_eq!(reply.server(), "backend0");
+    assert!(sluice.log().contains("repairing"), "the repair is logged");
+}
