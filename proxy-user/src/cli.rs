@@ -4,7 +4,10 @@ use std::{net::IpAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::dataplane::loader::DEFAULT_PIN_PATH;
+use crate::{
+    config::{ConfigOverrides, parse_go_duration},
+    dataplane::loader::DEFAULT_PIN_PATH,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -34,28 +37,52 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
+    /// A kube-proxy KubeProxyConfiguration file, used unchanged; it may carry a second
+    /// document of kind SluiceConfiguration (see docs/configuration.md).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// A separate SluiceConfiguration file.
+    #[arg(long, value_name = "FILE")]
+    pub sluice_config: Option<PathBuf>,
+    /// Load and check the configuration, print it, and exit (0 if valid).
+    #[arg(long)]
+    pub validate_config: bool,
     /// Folder of Service and EndpointSlice YAML to serve (no cluster needed).
     #[arg(long, value_name = "DIR")]
-    pub manifests: PathBuf,
+    pub manifests: Option<PathBuf>,
     /// Interface to attach to (repeat for several). Traffic to Services and replies from
     /// backends must enter the node through one of them.
-    #[arg(long = "interface", short = 'i', value_name = "IFACE", required = true)]
+    #[arg(long = "interface", short = 'i', value_name = "IFACE")]
     pub interfaces: Vec<String>,
-    /// bpffs directory where maps and links are pinned.
-    #[arg(long, default_value = DEFAULT_PIN_PATH, value_name = "DIR")]
-    pub pin_path: PathBuf,
+    /// bpffs directory where maps and links are pinned [default: /sys/fs/bpf/sluice].
+    #[arg(long, value_name = "DIR")]
+    pub pin_path: Option<PathBuf>,
     /// Address NodePorts answer on (repeat); default: the addresses of the attached interfaces.
     #[arg(long = "node-address", value_name = "IP")]
     pub node_addresses: Vec<IpAddr>,
-    /// How often the manifests folder is checked for changes.
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    /// How often the manifests folder is checked for changes (Go duration).
+    #[arg(long, default_value = "1s", value_parser = parse_go_duration)]
     pub poll_interval: Duration,
-    /// Changes arriving within this period are applied together.
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
-    pub min_sync_period: Duration,
-    /// Interval of full reconciles that repair drift in the maps.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-    pub sync_period: Duration,
+    /// Changes arriving within this period are applied together (overrides the file).
+    #[arg(long, value_parser = parse_go_duration)]
+    pub min_sync_period: Option<Duration>,
+    /// Interval of full reconciles that repair drift in the maps (overrides the file).
+    #[arg(long, value_parser = parse_go_duration)]
+    pub sync_period: Option<Duration>,
+}
+
+impl RunArgs {
+    /// The flags that override the configuration file.
+    pub fn overrides(&self) -> ConfigOverrides {
+        ConfigOverrides {
+            manifests_dir: self.manifests.clone(),
+            pin_path: self.pin_path.clone(),
+            interfaces: (!self.interfaces.is_empty()).then(|| self.interfaces.clone()),
+            sync_period: self.sync_period,
+            min_sync_period: self.min_sync_period,
+            ..ConfigOverrides::default()
+        }
+    }
 }
 
 #[derive(Debug, Args)]

@@ -1,15 +1,16 @@
 use std::{net::IpAddr, sync::Arc};
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 use clap::Parser as _;
 use sluice::{
     cli::{Cli, Command, RunArgs},
+    config::{self, Config},
     controller::{Controller, SyncSettings},
-    dataplane::loader::{self, MapSizes},
+    dataplane::loader,
     model::NodeContext,
     source::{Inputs, manifests},
 };
-use tracing::info;
+use tracing::{info, warn};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -48,19 +49,41 @@ fn init_logging(format: &str) {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
-    let datapath = loader::load(&args.pin_path, &args.interfaces, MapSizes::default())?;
+    let (mut config, warnings) = match (&args.config, &args.sluice_config) {
+        (None, None) => (Config::default(), Vec::new()),
+        (kube_proxy, own) => config::load_files(kube_proxy.as_deref(), own.as_deref())?,
+    };
+    for warning in &warnings {
+        warn!("{warning}");
+    }
+    config.apply_overrides(&args.overrides())?;
+    if args.validate_config {
+        println!("configuration is valid ({} warning(s))", warnings.len());
+        println!("{config:#?}");
+        return Ok(());
+    }
+    let Some(manifests_dir) = config.manifests_dir.clone() else {
+        bail!(
+            "no source of Services: pass --manifests DIR or set manifestsDir in the \
+             SluiceConfiguration (watching the Kubernetes API is not built yet)"
+        );
+    };
+    if config.interfaces.is_empty() {
+        bail!("no interface to attach to: pass --interface IFACE or set `interfaces`");
+    }
+    let datapath = loader::load(&config.pin_path, &config.interfaces, config.maps)?;
     let node_addresses = if args.node_addresses.is_empty() {
-        interface_addresses(&args.interfaces)?
+        interface_addresses(&config.interfaces)?
     } else {
         args.node_addresses.clone()
     };
     let node = NodeContext {
-        node_name: None,
+        node_name: config.hostname_override.clone(),
         node_addresses,
     };
     let settings = SyncSettings {
-        min_sync_period: args.min_sync_period,
-        sync_period: args.sync_period,
+        min_sync_period: config.min_sync_period,
+        sync_period: config.sync_period,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -68,7 +91,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async move {
         let (tx, rx) = tokio::sync::watch::channel(Arc::new(Inputs::default()));
-        tokio::spawn(manifests::watch(args.manifests.clone(), args.poll_interval, tx, |_| {}));
+        tokio::spawn(manifests::watch(manifests_dir, args.poll_interval, tx, |_| {}));
         let controller = Controller::new(datapath.maps, node, settings);
         tokio::select! {
             () = controller.run(rx) => {}

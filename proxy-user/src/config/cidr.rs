@@ -98,9 +98,7 @@ impl FromStr for Cidr {
         let (addr, len) = s
             .split_once('/')
             .ok_or_else(|| CidrError::MissingPrefix(s.to_owned()))?;
-        let addr: IpAddr = addr
-            .parse()
-            .map_err(|_| CidrError::Address(s.to_owned()))?;
+        let addr: IpAddr = addr.parse().map_err(|_| CidrError::Address(s.to_owned()))?;
         let max = max_len(addr);
         let bad_len = || CidrError::PrefixLength {
             input: s.to_owned(),

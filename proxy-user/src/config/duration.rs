@@ -13,7 +13,9 @@ pub enum DurationError {
     Empty(String),
     #[error("invalid duration {0:?}: expected a number followed by a unit (ns, us, ms, s, m, h)")]
     Syntax(String),
-    #[error("invalid duration {input:?}: missing unit after {number:?} (use ns, us, ms, s, m or h)")]
+    #[error(
+        "invalid duration {input:?}: missing unit after {number:?} (use ns, us, ms, s, m or h)"
+    )]
     MissingUnit { input: String, number: String },
     #[error("invalid duration {input:?}: unknown unit {unit:?} (use ns, us, ms, s, m or h)")]
     UnknownUnit { input: String, unit: String },

@@ -178,8 +178,8 @@ impl<'v> Obj<'v> {
         Some(out)
     }
 
-    /// Entries in file order, for maps with free-form keys (`featureGates`); every entry counts
-    /// as read.
+    /// Entries in file order, for maps whose keys are data rather than field names
+    /// (`featureGates`): such a map has no unknown keys, so its caller skips `finish`.
     pub fn entries(&self, cx: &mut Ctx) -> Vec<(String, &'v Value)> {
         let mut out = Vec::with_capacity(self.map.len());
         for (k, v) in self.map {
@@ -202,7 +202,10 @@ impl<'v> Obj<'v> {
                 Value::String(k) => cx.warn(self.path(k), "unknown field, ignored"),
                 other => cx.warn(
                     self.path.clone(),
-                    format!("ignored a key that is {} instead of a string", kind_of(other)),
+                    format!(
+                        "ignored a key that is {} instead of a string",
+                        kind_of(other)
+                    ),
                 ),
             }
         }
@@ -236,7 +239,10 @@ pub(super) fn bool_value(v: &Value, path: &str, cx: &mut Ctx) -> Option<bool> {
             }
         },
         other => {
-            cx.error(path, format!("expected true or false, got {}", kind_of(other)));
+            cx.error(
+                path,
+                format!("expected true or false, got {}", kind_of(other)),
+            );
             None
         }
     }
@@ -276,7 +282,10 @@ pub(super) fn integer_value(
             }
         },
         other => {
-            cx.error(path, format!("expected a whole number, got {}", kind_of(other)));
+            cx.error(
+                path,
+                format!("expected a whole number, got {}", kind_of(other)),
+            );
             None
         }
     }
@@ -295,14 +304,19 @@ pub(super) fn duration_value(v: &Value, path: &str, cx: &mut Ctx) -> Option<Dura
         Value::Number(n) => {
             cx.error(
                 path,
-                format!("expected a duration such as \"30s\" or \"1m30s\", got the bare number {n}"),
+                format!(
+                    "expected a duration such as \"30s\" or \"1m30s\", got the bare number {n}"
+                ),
             );
             None
         }
         other => {
             cx.error(
                 path,
-                format!("expected a duration such as \"30s\", got {}", kind_of(other)),
+                format!(
+                    "expected a duration such as \"30s\", got {}",
+                    kind_of(other)
+                ),
             );
             None
         }

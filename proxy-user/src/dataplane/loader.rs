@@ -22,32 +22,12 @@ use proxy_common::map_names;
 use tracing::{info, warn};
 
 use super::maps::PinnedMaps;
+pub use crate::config::MapSizes;
 
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/sluice";
 const TC_PROGRAM: &str = "sluice_tc_ingress";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const LINKS_DIR: &str = "links";
-
-/// Map capacities, applied when a map is created (an existing pinned map keeps its size).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MapSizes {
-    pub services: u32,
-    pub slots: u32,
-    pub backends: u32,
-    pub conntrack: u32,
-}
-
-impl Default for MapSizes {
-    fn default() -> Self {
-        use proxy_common::capacity;
-        Self {
-            services: capacity::SERVICES,
-            slots: capacity::SLOTS,
-            backends: capacity::BACKENDS,
-            conntrack: capacity::CONNTRACK,
-        }
-    }
-}
 
 /// The loaded datapath. Dropping it leaves the programs attached and the maps pinned.
 pub struct Datapath {
