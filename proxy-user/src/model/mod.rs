@@ -83,3 +83,6 @@ pub fn slice_owner(slice: &EndpointSlice) -> Option<ServiceName> {
         name: name.clone(),
     })
 }
+
+#[cfg(test)]
+mod tests;

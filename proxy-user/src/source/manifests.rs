@@ -240,3 +240,104 @@ pub async fn watch(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SERVICE: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\nspec:\n  clusterIP: 10.96.0.10\n  ports: [{port: 80}]\n";
+    const SLICE: &str = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-1\n  labels: {kubernetes.io/service-name: web}\naddressType: IPv4\nendpoints: [{addresses: [10.0.0.1]}]\n";
+
+    #[test]
+    fn parses_services_and_slices_from_a_multi_document_file() {
+        let (objects, problems) =
+            parse_file(Path::new("a.yaml"), &format!("{SERVICE}---\n{SLICE}"));
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(objects.services.len(), 1);
+        assert_eq!(objects.slices.len(), 1);
+    }
+
+    #[test]
+    fn a_bad_document_is_reported_with_path_and_index_and_the_others_are_kept() {
+        let text = format!(
+            "{SERVICE}---\napiVersion: v1\nkind: Service\nmetadata: {{name: broken}}\nspec: {{ports: 7}}\n---\napiVersion: apps/v1\nkind: Deployment\n---\n{SLICE}"
+        );
+        let (objects, problems) = parse_file(Path::new("/m/web.yaml"), &text);
+        assert_eq!(objects.services.len(), 1);
+        assert_eq!(objects.slices.len(), 1);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert_eq!(problems[0].document, 2);
+        assert!(
+            problems[0].reason.starts_with("Service:"),
+            "{}",
+            problems[0].reason
+        );
+        assert_eq!(problems[1].document, 3);
+        assert!(
+            problems[1].to_string().contains("/m/web.yaml (document 3)"),
+            "{}",
+            problems[1]
+        );
+        assert!(problems[1].reason.contains("Deployment"));
+    }
+
+    #[test]
+    fn invalid_yaml_is_reported() {
+        let (objects, problems) =
+            parse_file(Path::new("x.yaml"), "kind: Service\n  bad: [indent\n");
+        assert!(objects.services.is_empty());
+        assert_eq!(problems.len(), 1);
+        assert!(
+            problems[0].reason.starts_with("invalid YAML"),
+            "{}",
+            problems[0].reason
+        );
+    }
+
+    #[test]
+    fn a_file_that_turns_malformed_keeps_its_last_good_objects_and_others_still_load() {
+        let dir = std::env::temp_dir().join(format!("sluice-manifests-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("web.yaml"), format!("{SERVICE}---\n{SLICE}")).unwrap();
+        let mut folder = ManifestFolder::new(&dir);
+        let (changed, problems) = folder.refresh().unwrap();
+        assert!(changed && problems.is_empty());
+        assert_eq!(folder.inputs().services.len(), 1);
+
+        // A bad edit of web.yaml and a new good file in the same poll.
+        fs::write(
+            dir.join("web.yaml"),
+            "apiVersion: v1\nkind: Service\nspec: [\n",
+        )
+        .unwrap();
+        fs::write(
+            dir.join("other.yml"),
+            SERVICE.replace("name: web", "name: other"),
+        )
+        .unwrap();
+        let (changed, problems) = folder.refresh().unwrap();
+        assert!(changed);
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].path, dir.join("web.yaml"));
+        let names: Vec<_> = folder
+            .inputs()
+            .services
+            .iter()
+            .map(|s| s.metadata.name.clone().unwrap())
+            .collect();
+        assert_eq!(names, ["other", "web"], "web keeps its last good content");
+        // The same bad content is reported once, not on every poll.
+        assert_eq!(folder.refresh().unwrap(), (false, vec![]));
+
+        fs::remove_file(dir.join("web.yaml")).unwrap();
+        let (changed, _) = folder.refresh().unwrap();
+        assert!(changed);
+        assert_eq!(
+            folder.inputs().services.len(),
+            1,
+            "a deleted file's objects go away"
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
