@@ -290,6 +290,28 @@ fn a_port_no_service_has_is_not_translated() {
     );
 }
 
+/// Programs attached at tc ingress (TCX) of each of the node's interfaces.
+fn attached_programs(topo: &Topology) -> Vec<(String, Vec<u32>)> {
+    topo.node_interfaces()
+        .into_iter()
+        .map(|iface| {
+            let name = iface.clone();
+            let ids = topo.node().run(move || {
+                aya::programs::SchedClassifier::query_tcx(
+                    &name,
+                    aya::programs::TcAttachType::Ingress,
+                )
+                .expect("querying TCX attachments")
+                .1
+                .iter()
+                .map(|p| p.id())
+                .collect::<Vec<_>>()
+            });
+            (iface, ids)
+        })
+        .collect()
+}
+
 #[test]
 fn cleanup_detaches_every_program_and_unpins_everything() {
     let (topo, scratch) = setup("cleanup", 1);
@@ -308,21 +330,10 @@ fn cleanup_detaches_every_program_and_unpins_everything() {
     topo.client()
         .tcp_request(sock(VIP, 80), TIMEOUT)
         .expect("served before cleanup");
-
-    let link_ids: Vec<u32> = std::fs::read_dir(sluice.pin.join("links"))
-        .unwrap()
-        .map(|e| {
-            let pinned = aya::programs::links::PinnedLink::from_pin(e.unwrap().path()).unwrap();
-            aya::programs::links::FdLink::from(pinned)
-                .info()
-                .unwrap()
-                .id()
-        })
-        .collect();
-    assert_eq!(
-        link_ids.len(),
-        topo.node_interfaces().len(),
-        "one link per node interface"
+    let attached = attached_programs(&topo);
+    assert!(
+        attached.iter().all(|(_, ids)| ids.len() == 1),
+        "one program on each node interface: {attached:?}"
     );
 
     sluice.kill();
@@ -336,18 +347,13 @@ fn cleanup_detaches_every_program_and_unpins_everything() {
         "cleanup failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-
     assert!(!sluice.pin.exists(), "pin directory removed");
-    let live_links: Vec<u32> = aya::programs::loaded_links()
-        .filter_map(Result::ok)
-        .map(|l| l.id())
-        .collect();
-    for id in &link_ids {
-        assert!(
-            !live_links.contains(id),
-            "link {id} still exists after cleanup"
-        );
-    }
+    // Checked at once: cleanup must not leave detachment to the kernel's deferred work.
+    let after_cleanup = attached_programs(&topo);
+    assert!(
+        after_cleanup.iter().all(|(_, ids)| ids.is_empty()),
+        "programs still attached after cleanup: {after_cleanup:?} (before: {attached:?})"
+    );
     let after = topo
         .client()
         .tcp_request(sock(VIP, 80), Duration::from_millis(500));

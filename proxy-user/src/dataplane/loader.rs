@@ -130,21 +130,32 @@ fn unpin_links_for(links_dir: &Path, iface: &str) -> io::Result<()> {
     for entry in fs::read_dir(links_dir)? {
         let entry = entry?;
         if link_iface(&entry.file_name().to_string_lossy()) == Some(iface) {
-            fs::remove_file(entry.path())?;
+            remove_link(&entry.path())?;
         }
     }
     Ok(())
 }
 
-/// Removing a pinned link's last reference detaches it.
+/// Detaches a pinned link now, then removes its pin.
+///
+/// Removing the pin alone only drops a reference: the kernel releases (and so detaches) the
+/// link from deferred work, which on a loaded machine ran long after cleanup had returned,
+/// and never while any process still holds the link open.
+fn remove_link(pin: &Path) -> io::Result<()> {
+    if let Err(e) = super::link_detach::detach_pinned_link(pin) {
+        warn!(link = %pin.display(), error = %e, "BPF_LINK_DETACH failed; unpinning only");
+    }
+    fs::remove_file(pin)
+}
+
+/// Detaches links of interfaces no longer configured.
 fn detach_unlisted(links_dir: &Path, interfaces: &[String]) -> io::Result<()> {
     for entry in fs::read_dir(links_dir)? {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
         if link_iface(&name).is_none_or(|i| !interfaces.iter().any(|x| x == i)) {
             warn!(link = %name, "detaching from an interface no longer configured");
-            let _ = super::link_detach::detach_pinned_link(&entry.path());
-            fs::remove_file(entry.path())?;
+            remove_link(&entry.path())?;
         }
     }
     Ok(())
@@ -169,7 +180,7 @@ pub fn cleanup(pin_dir: &Path) -> anyhow::Result<CleanupReport> {
     if links_dir.exists() {
         for entry in fs::read_dir(&links_dir)? {
             let entry = entry?;
-            fs::remove_file(entry.path())
+            remove_link(&entry.path())
                 .with_context(|| format!("removing {}", entry.path().display()))?;
             report
                 .links
