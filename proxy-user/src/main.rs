@@ -77,10 +77,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     } else {
         args.node_addresses.clone()
     };
-    let node = NodeContext {
-        node_name: config.hostname_override.clone(),
-        node_addresses,
-    };
+    let node = NodeContext::new(config.hostname_override.clone(), node_addresses);
     let settings = SyncSettings {
         min_sync_period: config.min_sync_period,
         sync_period: config.sync_period,

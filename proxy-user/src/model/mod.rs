@@ -1,13 +1,33 @@
 //! The desired state: what the datapath should do, derived from Kubernetes objects by pure
 //! code. Nothing here touches the kernel or the network.
+//!
+//! Per Service: `translate` validates it (with `settings`) and lists its frontends;
+//! `endpoints` picks each Service port's endpoints (ready, else serving-and-terminating,
+//! cluster-wide or node-local), `topology` narrows the cluster-wide ones by hints, and
+//! `policy` turns the traffic policies into [`Scope`]s and [`EmptyAction`]s. `slim` strips
+//! objects down to what all of this reads.
 
+mod endpoints;
+mod node;
+mod policy;
+mod settings;
+mod skip;
+mod slim;
+mod topology;
 mod translate;
 mod types;
 
-pub use translate::{NodeContext, SkipReason, Skipped, translate_service};
-pub use types::{Endpoint, Frontend, FrontendKey, FrontendKind, Protocol, ServiceName};
+pub use node::{NodeContext, ZONE_LABEL};
+pub use settings::{DEFAULT_AFFINITY_TIMEOUT, MAX_AFFINITY_TIMEOUT, SCHEDULER_ANNOTATION};
+pub use skip::{SkipReason, Skipped};
+pub use slim::{slim_node, slim_service, slim_slice};
+pub use translate::{HEADLESS_LABEL, SERVICE_PROXY_NAME_LABEL, Translated, translate_service};
+pub use types::{
+    EmptyAction, Endpoint, Frontend, FrontendKey, FrontendKind, HealthCheck, Protocol, Scope,
+    ServiceName,
+};
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, net::IpAddr};
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
@@ -18,12 +38,16 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// Service's change can be recomputed on its own.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct DesiredState {
+    /// Each Service's frontends, sorted by key.
     pub services: BTreeMap<ServiceName, Vec<Frontend>>,
     pub skipped: Vec<Skipped>,
+    /// `healthCheckNodePort`s to serve, for Services in `services`.
+    pub health_checks: BTreeMap<ServiceName, HealthCheck>,
 }
 
 impl DesiredState {
-    /// Translates a whole set of Services and EndpointSlices.
+    /// Translates a whole set of Services and EndpointSlices. The result does not depend on
+    /// the order of either list.
     pub fn build(services: &[Service], slices: &[EndpointSlice], node: &NodeContext) -> Self {
         let mut by_service: BTreeMap<ServiceName, Vec<&EndpointSlice>> = BTreeMap::new();
         for slice in slices {
@@ -32,35 +56,47 @@ impl DesiredState {
             }
         }
         let mut state = DesiredState::default();
-        // Deterministic order, so that when two Services claim one frontend the same one
-        // wins on every node and every run.
-        let mut sorted: Vec<&Service> = services.iter().collect();
-        sorted.sort_by_key(|s| ServiceName::of(&s.metadata));
-        let mut claimed: BTreeMap<FrontendKey, ServiceName> = BTreeMap::new();
-        for svc in sorted {
+        let mut claimed: BTreeMap<(IpAddr, u16, Protocol), ServiceName> = BTreeMap::new();
+        let mut previous: Option<ServiceName> = None;
+        for svc in sorted(services) {
             let name = ServiceName::of(&svc.metadata);
-            let own = by_service.get(&name).map(Vec::as_slice).unwrap_or(&[]);
-            match translate_service(svc, own, node) {
-                Ok(None) => {}
-                Ok(Some(frontends)) => {
-                    if let Some((key, owner)) = frontends
-                        .iter()
-                        .find_map(|f| claimed.get(&f.key).map(|o| (f.key, o)))
-                    {
-                        state.skipped.push(Skipped {
-                            service: name,
-                            reason: SkipReason::FrontendConflict,
-                            detail: format!("{key} is already served for {owner}"),
-                        });
-                        continue;
-                    }
-                    for f in &frontends {
-                        claimed.insert(f.key, name.clone());
-                    }
-                    state.services.insert(name, frontends);
-                }
-                Err(skipped) => state.skipped.push(skipped),
+            if previous.as_ref() == Some(&name) {
+                state.skipped.push(Skipped {
+                    service: name,
+                    reason: SkipReason::DuplicateService,
+                    detail: "another Service object has the same namespace and name".into(),
+                });
+                continue;
             }
+            previous = Some(name.clone());
+            let own = by_service.get(&name).map(Vec::as_slice).unwrap_or(&[]);
+            let translated = match translate_service(svc, own, node) {
+                Ok(None) => continue,
+                Ok(Some(translated)) => translated,
+                Err(skipped) => {
+                    state.skipped.push(skipped);
+                    continue;
+                }
+            };
+            if let Some((key, owner)) = translated
+                .frontends
+                .iter()
+                .find_map(|f| claimed.get(&f.key.address()).map(|o| (f.key, o)))
+            {
+                state.skipped.push(Skipped {
+                    service: name,
+                    reason: SkipReason::FrontendConflict,
+                    detail: format!("{key} is already served for {owner}"),
+                });
+                continue;
+            }
+            for f in &translated.frontends {
+                claimed.insert(f.key.address(), name.clone());
+            }
+            if let Some(check) = translated.health_check {
+                state.health_checks.insert(name.clone(), check);
+            }
+            state.services.insert(name, translated.frontends);
         }
         state
     }
@@ -68,6 +104,36 @@ impl DesiredState {
     pub fn frontends(&self) -> impl Iterator<Item = &Frontend> {
         self.services.values().flatten()
     }
+}
+
+/// Services by name, so that when two claim one frontend the same one wins on every node and
+/// every run. Objects sharing a name (a manifest folder can hold two) are ordered by content
+/// so that the same one is kept whatever order they came in.
+fn sorted(services: &[Service]) -> Vec<&Service> {
+    let mut sorted: Vec<(ServiceName, &Service)> = services
+        .iter()
+        .map(|s| (ServiceName::of(&s.metadata), s))
+        .collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut out = Vec::with_capacity(sorted.len());
+    for group in sorted.chunk_by(|a, b| a.0 == b.0) {
+        if let [(_, only)] = group {
+            out.push(*only);
+            continue;
+        }
+        let mut group: Vec<(String, &Service)> = group
+            .iter()
+            .map(|(_, s)| {
+                // Compared slimmed, so that slimming never changes which one is kept.
+                let mut slimmed = (*s).clone();
+                slim_service(&mut slimmed);
+                (serde_json::to_string(&slimmed).unwrap_or_default(), *s)
+            })
+            .collect();
+        group.sort_by(|a, b| a.0.cmp(&b.0));
+        out.extend(group.into_iter().map(|(_, s)| s));
+    }
+    out
 }
 
 /// The Service an EndpointSlice belongs to, from its `kubernetes.io/service-name` label.

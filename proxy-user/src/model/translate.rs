@@ -1,68 +1,35 @@
 //! One Service plus its EndpointSlices → its frontends.
 
-use std::{collections::BTreeSet, fmt, net::IpAddr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
 
 use k8s_openapi::api::{
-    core::v1::{Service, ServicePort},
+    core::v1::{Service, ServiceSpec},
     discovery::v1::EndpointSlice,
 };
 
-use super::types::{Endpoint, Frontend, FrontendKey, FrontendKind, Protocol, ServiceName};
+use super::{
+    endpoints::{Sets, candidates, local_ready_addresses},
+    node::NodeContext,
+    policy::scopes,
+    settings::{ServiceType, Settings},
+    skip::{Invalid, SkipReason, Skipped},
+    types::{Frontend, FrontendKey, FrontendKind, HealthCheck, Protocol, ServiceName},
+};
 
 /// Services carrying this label belong to another proxy (kube-proxy skips them too).
 pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
 /// Services carrying this label are headless for the proxy.
 pub const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
 
-/// What the translation needs to know about the node it runs on.
-#[derive(Clone, Debug, Default)]
-pub struct NodeContext {
-    pub node_name: Option<String>,
-    /// Addresses NodePorts answer on.
-    pub node_addresses: Vec<IpAddr>,
-}
-
-/// Why a Service was left out.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum SkipReason {
-    InvalidIp,
-    InvalidPort,
-    UnknownProtocol,
-    DuplicatePort,
-    FrontendConflict,
-}
-
-impl SkipReason {
-    /// Stable label value for metrics.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::InvalidIp => "invalid_ip",
-            Self::InvalidPort => "invalid_port",
-            Self::UnknownProtocol => "unknown_protocol",
-            Self::DuplicatePort => "duplicate_port",
-            Self::FrontendConflict => "frontend_conflict",
-        }
-    }
-}
-
-/// A Service that could not be translated, and why.
+/// What one Service asks of this node.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Skipped {
-    pub service: ServiceName,
-    pub reason: SkipReason,
-    pub detail: String,
-}
-
-impl fmt::Display for Skipped {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "service {} skipped ({}): {}",
-            self.service,
-            self.reason.as_str(),
-            self.detail
-        )
-    }
+pub struct Translated {
+    /// Sorted by key; no key appears twice.
+    pub frontends: Vec<Frontend>,
+    pub health_check: Option<HealthCheck>,
 }
 
 /// Translates one Service. `Ok(None)` means the Service is deliberately not proxied
@@ -71,122 +38,207 @@ pub fn translate_service(
     svc: &Service,
     slices: &[&EndpointSlice],
     node: &NodeContext,
-) -> Result<Option<Vec<Frontend>>, Skipped> {
-    let name = ServiceName::of(&svc.metadata);
-    let skip = |reason, detail: String| Skipped {
-        service: name.clone(),
+) -> Result<Option<Translated>, Skipped> {
+    translate(svc, slices, node).map_err(|(reason, detail)| Skipped {
+        service: ServiceName::of(&svc.metadata),
         reason,
         detail,
-    };
-    if let Some(labels) = &svc.metadata.labels
-        && (labels.contains_key(SERVICE_PROXY_NAME_LABEL) || labels.contains_key(HEADLESS_LABEL))
-    {
-        return Ok(None);
-    }
-    let Some(spec) = &svc.spec else {
-        return Ok(None);
-    };
-    let svc_type = spec.type_.as_deref().unwrap_or("ClusterIP");
-    if svc_type == "ExternalName" {
-        return Ok(None);
-    }
+    })
+}
 
-    let mut cluster_ips = Vec::new();
-    let raw_ips: Vec<&String> = match &spec.cluster_ips {
-        Some(ips) if !ips.is_empty() => ips.iter().collect(),
-        _ => spec.cluster_ip.iter().collect(),
+fn translate(
+    svc: &Service,
+    slices: &[&EndpointSlice],
+    node: &NodeContext,
+) -> Result<Option<Translated>, Invalid> {
+    let Some(spec) = svc.spec.as_ref().filter(|_| !opted_out(svc)) else {
+        return Ok(None);
     };
-    for raw in raw_ips {
-        if raw == "None" || raw.is_empty() {
-            return Ok(None);
-        }
-        cluster_ips.push(parse_ip(raw).map_err(|d| skip(SkipReason::InvalidIp, d))?);
+    if is_headless(spec) {
+        return Ok(None);
     }
-    let external_ips = spec
-        .external_ips
-        .iter()
-        .flatten()
-        .map(|raw| parse_ip(raw))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|d| skip(SkipReason::InvalidIp, format!("externalIPs: {d}")))?;
-    let mut lb_ips = Vec::new();
-    if svc_type == "LoadBalancer" {
-        let ingress = svc
-            .status
-            .as_ref()
-            .and_then(|s| s.load_balancer.as_ref())
-            .and_then(|lb| lb.ingress.as_ref());
-        for entry in ingress.into_iter().flatten() {
-            // With ipMode Proxy the load balancer itself proxies to the nodes; capturing its
-            // address here would bypass it.
-            if entry.ip_mode.as_deref() == Some("Proxy") {
-                continue;
-            }
-            if let Some(raw) = &entry.ip {
-                lb_ips.push(
-                    parse_ip(raw)
-                        .map_err(|d| skip(SkipReason::InvalidIp, format!("loadBalancer: {d}")))?,
-                );
-            }
-        }
-    }
-    let serves_node_ports = matches!(svc_type, "NodePort" | "LoadBalancer");
+    let Some(settings) = Settings::parse(svc, spec)? else {
+        return Ok(None);
+    };
+    let addresses = Addresses::parse(svc, spec, settings.service_type)?;
+    let ports = parse_ports(spec, settings.serves_node_ports())?;
+    let service = ServiceName::of(&svc.metadata);
 
+    let mut sets: BTreeMap<(usize, bool), Sets> = BTreeMap::new();
     let mut frontends = Vec::new();
-    let mut seen_ports = BTreeSet::new();
-    for port in spec.ports.iter().flatten() {
-        let protocol = Protocol::from_k8s(port.protocol.as_deref()).ok_or_else(|| {
-            skip(
-                SkipReason::UnknownProtocol,
-                format!("port {}: protocol {:?}", port.port, port.protocol),
-            )
-        })?;
-        let number = valid_port(port.port)
-            .ok_or_else(|| skip(SkipReason::InvalidPort, format!("port {}", port.port)))?;
-        if !seen_ports.insert((number, protocol)) {
-            return Err(skip(
-                SkipReason::DuplicatePort,
-                format!("port {number}/{protocol} is listed twice"),
-            ));
-        }
-        let port_name = port.name.clone().unwrap_or_default();
-        let mut add = |ip: IpAddr, port_number: u16, kind: FrontendKind| {
+    for listener in listeners(&addresses, &ports, node) {
+        let port = &ports[listener.port_index];
+        let ipv6 = listener.ip.is_ipv6();
+        let sets = sets.entry((listener.port_index, ipv6)).or_insert_with(|| {
+            let found = candidates(
+                slices,
+                &port.name,
+                port.protocol,
+                ipv6,
+                node,
+                settings.publish_not_ready,
+            );
+            Sets::new(&found, node)
+        });
+        for scoped in scopes(
+            listener.kind,
+            settings.internal_local,
+            settings.external_local,
+            sets,
+        ) {
             frontends.push(Frontend {
                 key: FrontendKey {
-                    ip,
-                    port: port_number,
-                    protocol,
+                    ip: listener.ip,
+                    port: listener.port,
+                    protocol: port.protocol,
+                    scope: scoped.scope,
                 },
-                kind,
-                service: name.clone(),
-                port_name: port_name.clone(),
-                endpoints: endpoints_for(
-                    slices,
-                    port,
-                    protocol,
-                    ip.is_ipv6(),
-                    spec.publish_not_ready_addresses == Some(true),
-                ),
+                kind: listener.kind,
+                service: service.clone(),
+                port_name: port.name.clone(),
+                endpoints: scoped.selection.endpoints,
+                draining: scoped.selection.draining,
+                on_empty: scoped.on_empty,
+                affinity_timeout: settings.affinity_timeout,
+                scheduler: settings.scheduler,
             });
-        };
-        for &ip in &cluster_ips {
-            add(ip, number, FrontendKind::ClusterIp);
-        }
-        for &ip in &external_ips {
-            add(ip, number, FrontendKind::ExternalIp);
-        }
-        for &ip in &lb_ips {
-            add(ip, number, FrontendKind::LoadBalancer);
-        }
-        if serves_node_ports && let Some(node_port) = port.node_port {
-            let node_port = valid_port(node_port)
-                .ok_or_else(|| skip(SkipReason::InvalidPort, format!("nodePort {node_port}")))?;
-            for &ip in &node.node_addresses {
-                add(ip, node_port, FrontendKind::NodePort);
-            }
         }
     }
-    Ok(Some(frontends))
+    frontends.sort_by_key(|f| f.key);
+
+    let health_check = health_check(spec, &settings)?.map(|port| HealthCheck {
+        port,
+        local_endpoints: local_ready_addresses(
+            slices,
+            &addresses.families,
+            node,
+            settings.publish_not_ready,
+        ),
+    });
+    Ok(Some(Translated {
+        frontends,
+        health_check,
+    }))
+}
+
+fn opted_out(svc: &Service) -> bool {
+    let labelled = svc.metadata.labels.as_ref().is_some_and(|labels| {
+        labels.contains_key(SERVICE_PROXY_NAME_LABEL) || labels.contains_key(HEADLESS_LABEL)
+    });
+    let external_name = svc
+        .spec
+        .as_ref()
+        .is_some_and(|s| s.type_.as_deref() == Some("ExternalName"));
+    labelled || external_name
+}
+
+fn raw_cluster_ips(spec: &ServiceSpec) -> Vec<&str> {
+    match &spec.cluster_ips {
+        Some(ips) if !ips.is_empty() => ips.iter().map(String::as_str).collect(),
+        _ => spec.cluster_ip.iter().map(String::as_str).collect(),
+    }
+}
+
+fn is_headless(spec: &ServiceSpec) -> bool {
+    raw_cluster_ips(spec)
+        .iter()
+        .any(|raw| *raw == "None" || raw.is_empty())
+}
+
+/// The Service's own addresses, limited to the families it serves.
+struct Addresses {
+    cluster: Vec<IpAddr>,
+    external: Vec<IpAddr>,
+    load_balancer: Vec<IpAddr>,
+    /// `false` for IPv4, `true` for IPv6; sorted.
+    families: Vec<bool>,
+}
+
+impl Addresses {
+    fn parse(
+        svc: &Service,
+        spec: &ServiceSpec,
+        service_type: ServiceType,
+    ) -> Result<Self, Invalid> {
+        let mut cluster = Vec::new();
+        for raw in raw_cluster_ips(spec) {
+            let ip =
+                parse_ip(raw).map_err(|d| (SkipReason::InvalidIp, format!("clusterIPs: {d}")))?;
+            if cluster.iter().any(|c: &IpAddr| c.is_ipv6() == ip.is_ipv6()) {
+                return Err((
+                    SkipReason::InvalidIp,
+                    format!("clusterIPs: {ip} is a second address of its family"),
+                ));
+            }
+            cluster.push(ip);
+        }
+        let declared = declared_families(spec)?;
+        // Allocated cluster IPs are authoritative; ipFamilies only speaks for Services
+        // written without them (manifests), and with neither, both families are served.
+        let families: Vec<bool> = if !cluster.is_empty() {
+            cluster.iter().map(IpAddr::is_ipv6).collect()
+        } else if !declared.is_empty() {
+            declared
+        } else {
+            vec![false, true]
+        };
+        let families: Vec<bool> = families
+            .into_iter()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let served = |ip: &IpAddr| families.contains(&ip.is_ipv6());
+
+        // kube-proxy drops (with an event, not a failure) external addresses of a family the
+        // Service does not have: nothing could answer them.
+        let mut external = Vec::new();
+        for raw in spec.external_ips.iter().flatten() {
+            let ip =
+                parse_ip(raw).map_err(|d| (SkipReason::InvalidIp, format!("externalIPs: {d}")))?;
+            external.extend(Some(ip).filter(served));
+        }
+        let mut load_balancer = Vec::new();
+        if service_type == ServiceType::LoadBalancer {
+            let ingress = svc
+                .status
+                .as_ref()
+                .and_then(|s| s.load_balancer.as_ref())
+                .and_then(|lb| lb.ingress.as_ref());
+            for entry in ingress.into_iter().flatten() {
+                // With ipMode Proxy the load balancer itself proxies to the nodes; capturing its
+                // address here would bypass it.
+                if entry.ip_mode.as_deref() == Some("Proxy") {
+                    continue;
+                }
+                if let Some(raw) = &entry.ip {
+                    let ip = parse_ip(raw)
+                        .map_err(|d| (SkipReason::InvalidIp, format!("loadBalancer: {d}")))?;
+                    load_balancer.extend(Some(ip).filter(served));
+                }
+            }
+        }
+        Ok(Self {
+            cluster,
+            external,
+            load_balancer,
+            families,
+        })
+    }
+}
+
+fn declared_families(spec: &ServiceSpec) -> Result<Vec<bool>, Invalid> {
+    spec.ip_families
+        .iter()
+        .flatten()
+        .map(|f| match f.as_str() {
+            "IPv4" => Ok(false),
+            "IPv6" => Ok(true),
+            other => Err((
+                SkipReason::InvalidIpFamily,
+                format!("ipFamilies: {other:?} (want IPv4 or IPv6)"),
+            )),
+        })
+        .collect()
 }
 
 fn parse_ip(raw: &str) -> Result<IpAddr, String> {
@@ -198,54 +250,114 @@ fn valid_port(port: i32) -> Option<u16> {
     u16::try_from(port).ok().filter(|&p| p != 0)
 }
 
-/// The endpoints that serve `port` for one address family: ready ones, or — only when none
-/// is ready — serving-and-terminating ones (KEP-1669), or all of them when the Service
-/// publishes not-ready addresses.
-fn endpoints_for(
-    slices: &[&EndpointSlice],
-    port: &ServicePort,
+struct PortSpec {
+    name: String,
     protocol: Protocol,
-    ipv6: bool,
-    publish_not_ready: bool,
-) -> Vec<Endpoint> {
-    let family = if ipv6 { "IPv6" } else { "IPv4" };
-    let wanted_name = port.name.as_deref().unwrap_or("");
-    let mut ready = BTreeSet::new();
-    let mut terminating = BTreeSet::new();
-    for slice in slices.iter().filter(|s| s.address_type == family) {
-        // The EndpointSlice controller resolved targetPort (named or numeric) per slice and
-        // publishes it under the Service port's name.
-        let Some(target) = slice.ports.iter().flatten().find(|p| {
-            p.name.as_deref().unwrap_or("") == wanted_name
-                && Protocol::from_k8s(p.protocol.as_deref()) == Some(protocol)
-        }) else {
-            continue;
-        };
-        let Some(target_port) = target.port.and_then(valid_port) else {
-            continue;
-        };
-        for ep in &slice.endpoints {
-            let cond = ep.conditions.as_ref();
-            // Absent conditions mean "unknown", which the API defines as ready/serving.
-            let is_ready = cond.and_then(|c| c.ready).unwrap_or(true);
-            let serving = cond.and_then(|c| c.serving).unwrap_or(is_ready);
-            let is_terminating = cond.and_then(|c| c.terminating).unwrap_or(false);
-            for addr in &ep.addresses {
-                let Ok(ip) = addr.parse::<IpAddr>() else {
-                    continue;
-                };
-                let endpoint = Endpoint {
-                    ip,
-                    port: target_port,
-                };
-                if is_ready || publish_not_ready {
-                    ready.insert(endpoint);
-                } else if serving && is_terminating {
-                    terminating.insert(endpoint);
+    port: u16,
+    node_port: Option<u16>,
+}
+
+fn parse_ports(spec: &ServiceSpec, serves_node_ports: bool) -> Result<Vec<PortSpec>, Invalid> {
+    let mut out = Vec::new();
+    let mut seen_ports = BTreeSet::new();
+    let mut seen_node_ports = BTreeSet::new();
+    for port in spec.ports.iter().flatten() {
+        let protocol = Protocol::from_k8s(port.protocol.as_deref()).ok_or_else(|| {
+            (
+                SkipReason::UnknownProtocol,
+                format!("port {}: protocol {:?}", port.port, port.protocol),
+            )
+        })?;
+        let number = valid_port(port.port)
+            .ok_or_else(|| (SkipReason::InvalidPort, format!("port {}", port.port)))?;
+        if !seen_ports.insert((number, protocol)) {
+            return Err((
+                SkipReason::DuplicatePort,
+                format!("port {number}/{protocol} is listed twice"),
+            ));
+        }
+        // 0 is what an unallocated nodePort reads as; kube-proxy treats it as none.
+        let node_port = match port.node_port.filter(|_| serves_node_ports) {
+            None | Some(0) => None,
+            Some(raw) => {
+                let node_port = valid_port(raw)
+                    .ok_or_else(|| (SkipReason::InvalidPort, format!("nodePort {raw}")))?;
+                if !seen_node_ports.insert((node_port, protocol)) {
+                    return Err((
+                        SkipReason::DuplicatePort,
+                        format!("nodePort {node_port}/{protocol} is listed twice"),
+                    ));
                 }
+                Some(node_port)
             }
+        };
+        out.push(PortSpec {
+            name: port.name.clone().unwrap_or_default(),
+            protocol,
+            port: number,
+            node_port,
+        });
+    }
+    Ok(out)
+}
+
+/// kube-proxy only serves it for load balancers, the only Services the API server allocates
+/// one for.
+fn health_check(spec: &ServiceSpec, settings: &Settings) -> Result<Option<u16>, Invalid> {
+    if settings.service_type != ServiceType::LoadBalancer || !settings.external_local {
+        return Ok(None);
+    }
+    match spec.health_check_node_port {
+        None | Some(0) => Ok(None),
+        Some(raw) => valid_port(raw).map(Some).ok_or_else(|| {
+            (
+                SkipReason::InvalidPort,
+                format!("healthCheckNodePort {raw}"),
+            )
+        }),
+    }
+}
+
+/// An address and port the Service answers on, before scopes are decided.
+struct Listener {
+    ip: IpAddr,
+    port: u16,
+    protocol: Protocol,
+    kind: FrontendKind,
+    port_index: usize,
+}
+
+/// Every address, port and protocol the Service answers on, each once: when two sources
+/// name the same one, the kind with precedence keeps it (see [`FrontendKind`]).
+fn listeners(addresses: &Addresses, ports: &[PortSpec], node: &NodeContext) -> Vec<Listener> {
+    let node_ips: Vec<IpAddr> = addresses
+        .families
+        .iter()
+        .flat_map(|&ipv6| node.node_port_ips(ipv6))
+        .collect();
+    let mut out = Vec::new();
+    for (port_index, port) in ports.iter().enumerate() {
+        let mut add = |ips: &[IpAddr], number: u16, kind: FrontendKind| {
+            out.extend(ips.iter().map(|&ip| Listener {
+                ip,
+                port: number,
+                protocol: port.protocol,
+                kind,
+                port_index,
+            }));
+        };
+        add(&addresses.cluster, port.port, FrontendKind::ClusterIp);
+        add(&addresses.external, port.port, FrontendKind::ExternalIp);
+        add(
+            &addresses.load_balancer,
+            port.port,
+            FrontendKind::LoadBalancer,
+        );
+        if let Some(node_port) = port.node_port {
+            add(&node_ips, node_port, FrontendKind::NodePort);
         }
     }
-    let chosen = if ready.is_empty() { terminating } else { ready };
-    chosen.into_iter().collect()
+    out.sort_by_key(|l| (l.ip, l.port, l.protocol, l.kind, l.port_index));
+    out.dedup_by_key(|l| (l.ip, l.port, l.protocol));
+    out
 }
