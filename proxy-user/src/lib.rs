@@ -7,6 +7,7 @@ pub mod controller;
 pub mod dataplane;
 pub mod maglev;
 pub mod model;
+pub mod observe;
 pub mod source;
 
 /// The eBPF object built by build.rs (aya-build), embedded so the binary is self-contained.
