@@ -2,13 +2,16 @@
 //! applies what changed; periodically re-reads the kernel's maps to repair drift.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     time::{Duration, Instant},
 };
 
 use tracing::{debug, error, info, warn};
 
+use proxy_common::map_names;
+
 use crate::{
+    config::MapSizes,
     dataplane::{
         layout::desired_maps,
         maps::PinnedMaps,
@@ -16,6 +19,7 @@ use crate::{
         snapshot::Snapshot,
     },
     model::{DesiredState, NodeContext},
+    observe::{DATAPATH_COUNTERS, Metrics, Observer},
     source::InputsRx,
 };
 
@@ -42,11 +46,23 @@ pub struct Controller {
     mirror: Snapshot,
     node: NodeContext,
     settings: SyncSettings,
+    observer: Observer,
+    capacities: MapSizes,
     last_skipped: BTreeSet<String>,
+    /// Last-change trigger time per EndpointSlice already reported as programmed.
+    programmed: BTreeMap<(String, String), String>,
 }
 
 impl Controller {
-    pub fn new(maps: PinnedMaps, node: NodeContext, settings: SyncSettings) -> Self {
+    /// `node` is used as it is when the source knows no Node object (the manifests folder);
+    /// otherwise the Node's own name, zone and addresses replace its node fields.
+    pub fn new(
+        maps: PinnedMaps,
+        node: NodeContext,
+        settings: SyncSettings,
+        observer: Observer,
+        capacities: MapSizes,
+    ) -> Self {
         // Adopt whatever an earlier run left in the maps: the first sync diffs against it
         // instead of flushing, so live flows keep their backends.
         let mirror = maps.snapshot();
@@ -55,7 +71,21 @@ impl Controller {
             mirror,
             node,
             settings,
+            observer,
+            capacities,
             last_skipped: BTreeSet::new(),
+            programmed: BTreeMap::new(),
+        }
+    }
+
+    fn node_context(&self, node: Option<&k8s_openapi::api::core::v1::Node>) -> NodeContext {
+        match node {
+            Some(node) => NodeContext {
+                node_port_addresses: self.node.node_port_addresses.clone(),
+                localhost_node_ports: self.node.localhost_node_ports,
+                ..NodeContext::from_node(node, self.node.node_name.as_deref())
+            },
+            None => self.node.clone(),
         }
     }
 
@@ -65,6 +95,7 @@ impl Controller {
         if inputs.changed().await.is_err() {
             return;
         }
+        self.observer.queued();
         let mut last_sync = Instant::now() - self.settings.min_sync_period;
         let mut next_full = Instant::now() + self.settings.sync_period;
         let mut pending = true;
@@ -81,6 +112,7 @@ impl Controller {
                     if changed.is_err() {
                         return;
                     }
+                    self.observer.queued();
                     pending = true;
                 }
                 _ = tokio::time::sleep_until(next_full.into()) => {
@@ -97,13 +129,14 @@ impl Controller {
     pub fn sync_once(&mut self, inputs: &InputsRx, full: bool) -> SyncReport {
         let started = Instant::now();
         let snapshot = inputs.borrow().clone();
-        let state = DesiredState::build(&snapshot.services, &snapshot.slices, &self.node);
+        let node = self.node_context(snapshot.node.as_ref());
+        let state = DesiredState::build(&snapshot.services, &snapshot.slices, &node);
         self.report_skipped(&state);
-        let (desired, unsupported) = desired_maps(&state);
-        if !unsupported.is_empty() {
+        let (desired, unserved) = desired_maps(&state);
+        if !unserved.is_empty() {
             debug!(
-                count = unsupported.len(),
-                "IPv6 frontends are not served by this datapath yet"
+                count = unserved.len(),
+                "frontends not served as asked by this datapath yet (IPv6, external scope)"
             );
         }
         if full {
@@ -116,6 +149,11 @@ impl Controller {
         let report = plan::sync(&mut self.maps, &mut self.mirror, &desired);
         for (key, err) in &report.failed {
             error!(frontend = ?key, error = %err, "frontend not updated; its previous entry keeps serving");
+            self.observer.metrics.record_store_error(err);
+        }
+        self.report_metrics(desired.len(), &report, full, started.elapsed());
+        if report.failed.is_empty() {
+            self.report_programmed(&snapshot.slices);
         }
         let level_info = report.writes + report.deletes > 0;
         if level_info {
@@ -134,9 +172,88 @@ impl Controller {
 
     fn report_skipped(&mut self, state: &DesiredState) {
         let now: BTreeSet<String> = state.skipped.iter().map(ToString::to_string).collect();
-        for line in now.difference(&self.last_skipped) {
-            error!("{line}; other Services are unaffected");
+        for skipped in &state.skipped {
+            let line = skipped.to_string();
+            if !self.last_skipped.contains(&line) {
+                error!("{line}; other Services are unaffected");
+                self.observer
+                    .metrics
+                    .record_skipped(skipped.reason.as_str());
+            }
         }
         self.last_skipped = now;
+    }
+
+    /// Observes network programming latency once per EndpointSlice change: a slice whose
+    /// trigger time is unchanged since the last sync was already counted.
+    fn report_programmed(&mut self, slices: &[k8s_openapi::api::discovery::v1::EndpointSlice]) {
+        let mut now = BTreeMap::new();
+        for slice in slices {
+            let Some(trigger) = slice
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(crate::observe::LAST_CHANGE_TRIGGER_TIME))
+            else {
+                continue;
+            };
+            let key = (
+                slice.metadata.namespace.clone().unwrap_or_default(),
+                slice.metadata.name.clone().unwrap_or_default(),
+            );
+            if self.programmed.get(&key) != Some(trigger) {
+                self.observer.network_programmed_annotation(Some(trigger));
+            }
+            now.insert(key, trigger.clone());
+        }
+        self.programmed = now;
+    }
+
+    fn report_metrics(&self, frontends: usize, report: &SyncReport, full: bool, took: Duration) {
+        let metrics = &self.observer.metrics;
+        metrics.set_frontends(frontends);
+        let usage = [
+            (
+                map_names::SERVICES,
+                self.mirror.services.len(),
+                self.capacities.services,
+            ),
+            (
+                map_names::SLOTS,
+                self.mirror.slots.len(),
+                self.capacities.slots,
+            ),
+            (
+                map_names::BACKENDS,
+                self.mirror.backends.len(),
+                self.capacities.backends,
+            ),
+        ];
+        for (map, entries, capacity) in usage {
+            metrics.set_map_usage(map, entries as u64, u64::from(capacity));
+        }
+        if report.failed.is_empty() {
+            self.observer.synced(full, took);
+        } else {
+            self.observer.sync_failed(full, took);
+        }
+    }
+}
+
+/// Mirrors the datapath's per-CPU counters into the metrics every `interval`, so a scrape
+/// sees current traffic rather than the traffic at the last sync.
+pub async fn mirror_datapath_counters(
+    maps: PinnedMaps,
+    metrics: std::sync::Arc<Metrics>,
+    interval: Duration,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    loop {
+        ticker.tick().await;
+        let counters: Vec<(&str, u64)> = DATAPATH_COUNTERS
+            .iter()
+            .map(|(index, name)| (*name, maps.counter(*index)))
+            .collect();
+        metrics.set_datapath_counters(&counters);
     }
 }

@@ -1,14 +1,15 @@
-use std::{net::IpAddr, sync::Arc};
+use std::{net::IpAddr, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, bail};
 use clap::Parser as _;
 use sluice::{
     cli::{Cli, Command, RunArgs},
     config::{self, Config},
-    controller::{Controller, SyncSettings},
-    dataplane::loader,
+    controller::{self, Controller, SyncSettings},
+    dataplane::{loader, maps::PinnedMaps},
     model::NodeContext,
-    source::{Inputs, manifests},
+    observe::{Observer, Servers},
+    source::{Inputs, kube, manifests},
 };
 use tracing::{info, warn};
 
@@ -62,12 +63,6 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         println!("{config:#?}");
         return Ok(());
     }
-    let Some(manifests_dir) = config.manifests_dir.clone() else {
-        bail!(
-            "no source of Services: pass --manifests DIR or set manifestsDir in the \
-             SluiceConfiguration (watching the Kubernetes API is not built yet)"
-        );
-    };
     if config.interfaces.is_empty() {
         bail!("no interface to attach to: pass --interface IFACE or set `interfaces`");
     }
@@ -77,7 +72,11 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     } else {
         args.node_addresses.clone()
     };
-    let node = NodeContext::new(config.hostname_override.clone(), node_addresses);
+    let node = NodeContext {
+        node_port_addresses: config.node_port_addresses.clone(),
+        localhost_node_ports: config.localhost_node_ports,
+        ..NodeContext::new(config.hostname_override.clone(), node_addresses)
+    };
     let settings = SyncSettings {
         min_sync_period: config.min_sync_period,
         sync_period: config.sync_period,
@@ -87,14 +86,69 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
+        let observer = Observer::new(config.sync_period);
+        observer.metrics.set_dataplane_mode("ebpf");
+        // Bound before anything runs, so a busy port fails the start with its setting named.
+        let servers = Servers::bind(
+            config.metrics_bind_address,
+            config.healthz_bind_address,
+            &observer,
+        )
+        .await?;
+        info!(
+            metrics = %servers.metrics_addr(),
+            healthz = %servers.healthz_addr(),
+            "serving /metrics, /healthz and /livez"
+        );
+        let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+        let mut stop = shutdown_rx.clone();
+        tokio::spawn(servers.run(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }));
+
         let (tx, rx) = tokio::sync::watch::channel(Arc::new(Inputs::default()));
-        tokio::spawn(manifests::watch(manifests_dir, args.poll_interval, tx, |_| {}));
-        let controller = Controller::new(datapath.maps, node, settings);
-        tokio::select! {
-            () = controller.run(rx) => {}
-            () = shutdown_signal() => info!("stopping; the datapath stays attached (`sluice cleanup` removes it)"),
-        }
-        anyhow::Ok(())
+        let source = match config.manifests_dir.clone() {
+            Some(dir) => {
+                info!(dir = %dir.display(), "serving Services from a manifests folder");
+                let metrics = observer.metrics.clone();
+                tokio::spawn(async move {
+                    manifests::watch(dir, args.poll_interval, tx, move |problems| {
+                        for _ in 0..problems {
+                            metrics.record_skipped("malformed_manifest");
+                        }
+                    })
+                    .await;
+                    anyhow::Ok(())
+                })
+            }
+            None => {
+                let client =
+                    kube::client_from(config.client_connection.kubeconfig.as_deref()).await?;
+                let node_name = kube::node_name(config.hostname_override.as_deref())?;
+                info!(node = %node_name, "watching the Kubernetes API");
+                tokio::spawn(kube::run(client, node_name, tx))
+            }
+        };
+        tokio::spawn(controller::mirror_datapath_counters(
+            PinnedMaps::open(&config.pin_path)?,
+            observer.metrics.clone(),
+            Duration::from_secs(1),
+        ));
+        let controller = Controller::new(datapath.maps, node, settings, observer, config.maps);
+        let result = tokio::select! {
+            () = controller.run(rx) => Ok(()),
+            joined = source => match joined {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e.context("the source of Services stopped")),
+                Err(e) => Err(anyhow::anyhow!("the source of Services panicked: {e}")),
+            },
+            () = shutdown_signal() => {
+                info!("stopping; the datapath stays attached (`sluice cleanup` removes it)");
+                Ok(())
+            }
+        };
+        let _ = shutdown_tx.send(true);
+        result
     })
 }
 

@@ -174,3 +174,109 @@ fn drift_in_the_maps_is_repaired_by_the_next_full_sync() {
     assert_eq!(reply.server(), "backend0");
     assert!(sluice.log().contains("repairing"), "the repair is logged");
 }
+
+/// A plain HTTP/1.1 GET from inside `host`'s namespace: (status, body).
+fn http_get(host: &Host, addr: &str, path: &str) -> (u16, String) {
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: sluice\r\nConnection: close\r\n\r\n");
+    let response = host.run(move || {
+        let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT)?;
+        stream.set_read_timeout(Some(TIMEOUT))?;
+        stream.write_all(request.as_bytes())?;
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut stream, &mut text)?;
+        std::io::Result::Ok(text)
+    });
+    let response = response.expect("HTTP request to sluice");
+    let status = response[9..12].parse().unwrap();
+    let body = response
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    (status, body)
+}
+
+/// The value of a metric line `name{labels} value` in Prometheus text format.
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn healthz_and_metrics_reflect_the_real_datapath() {
+    require_root();
+    let topo = Topology::star("metrics", 2).unwrap();
+    let scratch = Scratch::new("metrics");
+    let _servers: Vec<_> = topo
+        .backends()
+        .iter()
+        .map(|b| b.tcp_server(8080).unwrap())
+        .collect();
+    let ips: Vec<_> = topo.backends().iter().map(v4).collect();
+    let addrs: Vec<_> = ips.iter().map(|ip| SocketAddrV4::new(*ip, 8080)).collect();
+    scratch.write_manifest(
+        "web.yaml",
+        &service_yaml("web", VIP, &[tcp("http", 80, 8080)], &ips),
+    );
+    // One malformed manifest: counted and logged, while the good one is served.
+    scratch.write_manifest(
+        "broken.yaml",
+        "apiVersion: v1\nkind: Service\nspec: {ports: 7}\n",
+    );
+    let sluice = Sluice::start(&topo, &scratch);
+    sluice.wait_for_backends(SocketAddrV4::new(VIP, 80), PROTO_TCP, &addrs);
+    for r in topo.client().tcp_requests(sock(VIP, 80), 20, TIMEOUT) {
+        r.expect("served");
+    }
+    // Datapath counters are mirrored every second.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let (health, body) = loop {
+        let (status, body) = http_get(topo.node(), "127.0.0.1:10249", "/metrics");
+        assert_eq!(status, 200);
+        if metric(
+            &body,
+            r#"sluice_datapath_packets_total{counter="dnat_new_flow"}"#,
+        )
+        .unwrap_or(0.0)
+            >= 20.0
+        {
+            break (http_get(topo.node(), "127.0.0.1:10256", "/healthz"), body);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "metrics never showed the traffic:\n{body}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(health.0, 200, "healthy after syncing: {}", health.1);
+    assert!(health.1.contains("lastUpdated"), "{}", health.1);
+    assert_eq!(
+        metric(&body, r#"sluice_map_entries{map="SLUICE_SVC4"}"#),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        metric(&body, r#"sluice_map_entries{map="SLUICE_BACKENDS4"}"#),
+        Some(2.0)
+    );
+    assert_eq!(metric(&body, "sluice_frontends"), Some(1.0));
+    assert!(
+        metric(&body, "kubeproxy_sync_proxy_rules_last_timestamp_seconds").unwrap_or(0.0) > 1.6e9
+    );
+    assert!(
+        metric(&body, "kubeproxy_sync_proxy_rules_duration_seconds_count").unwrap_or(0.0) >= 1.0
+    );
+    assert!(
+        metric(
+            &body,
+            r#"sluice_skipped_objects_total{reason="malformed_manifest"}"#
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "{body}"
+    );
+    assert_eq!(http_get(topo.node(), "127.0.0.1:10256", "/livez").0, 200);
+}
