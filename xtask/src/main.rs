@@ -1,5 +1,6 @@
 //! `cargo xtask`: build, test and demo entry points for Sluice.
 
+mod bench;
 mod bootstrap;
 mod cmd;
 mod lab;
@@ -35,6 +36,12 @@ enum Task {
         #[arg(long, default_value_t = 300)]
         requests: usize,
     },
+    /// Measure (never judge): controller cold sync, one-change latency and RSS per size.
+    Bench {
+        /// Smaller sizes, for a quick look (1,000 and 10,000 Services).
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -49,6 +56,15 @@ fn main() -> anyhow::Result<()> {
         Task::Test => {
             bootstrap::bootstrap()?;
             test()
+        }
+        Task::Bench { quick } => {
+            bootstrap::bootstrap()?;
+            let sizes: &[usize] = if quick {
+                &[1_000, 10_000]
+            } else {
+                &[1_000, 10_000, 100_000]
+            };
+            bench::controller(&root, sizes)
         }
         Task::Lab { requests } => {
             bootstrap::bootstrap()?;
