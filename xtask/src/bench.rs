@@ -39,8 +39,8 @@ pub fn controller(root: &Path, sizes: &[usize]) -> anyhow::Result<()> {
             serde_json::from_str(line.trim()).context("bench_controller output")?;
         println!(
             "{:>10} {:>10} {:>10.3} s {:>11.2} ms {:>6.0} MiB",
-            v["services"],
-            v["endpoints"],
+            v["services"].as_u64().unwrap_or(0),
+            v["endpoints"].as_u64().unwrap_or(0),
             v["cold_sync_s"].as_f64().unwrap_or(f64::NAN),
             v["one_change_ms"].as_f64().unwrap_or(f64::NAN),
             v["rss_mib"].as_f64().unwrap_or(f64::NAN)
