@@ -575,13 +575,8 @@ async fn published_objects_have_no_managed_fields_and_only_allowed_annotations()
         .unwrap();
     assert_eq!(web.metadata.managed_fields, None);
     let kept: Vec<_> = web.metadata.annotations.as_ref().unwrap().keys().collect();
-    assert_eq!(
-        kept,
-        [
-            "service.kubernetes.io/topology-mode",
-            "sluice.dev/scheduler"
-        ]
-    );
+    // Only what the model reads survives (it follows kube-proxy in not reading topology-mode).
+    assert_eq!(kept, ["sluice.dev/scheduler"]);
     let slice = first
         .slices
         .iter()
@@ -615,7 +610,7 @@ async fn published_objects_have_no_managed_fields_and_only_allowed_annotations()
         .iter()
         .find(|s| s.metadata.name.as_deref() == Some("api"))
         .unwrap();
-    assert_eq!(api.metadata.annotations.as_ref().unwrap().len(), 2);
+    assert_eq!(api.metadata.annotations.as_ref().unwrap().len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

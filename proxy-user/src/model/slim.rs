@@ -85,7 +85,12 @@ pub fn slim_service(svc: &mut Service) {
 pub fn slim_slice(slice: &mut EndpointSlice) {
     let old = std::mem::take(slice);
     *slice = EndpointSlice {
-        metadata: slim_meta(old.metadata, &[SERVICE_NAME_LABEL], &[]),
+        // The trigger time is kept for the network-programming latency metric.
+        metadata: slim_meta(
+            old.metadata,
+            &[SERVICE_NAME_LABEL],
+            &[crate::observe::LAST_CHANGE_TRIGGER_TIME],
+        ),
         address_type: old.address_type,
         ports: old.ports.map(|ports| {
             ports

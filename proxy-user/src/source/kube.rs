@@ -19,12 +19,9 @@ use std::{
 
 use anyhow::Context as _;
 use futures::StreamExt as _;
-use k8s_openapi::{
-    api::{
-        core::v1::{Node, Service},
-        discovery::v1::EndpointSlice,
-    },
-    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+use k8s_openapi::api::{
+    core::v1::{Node, Service},
+    discovery::v1::EndpointSlice,
 };
 use kube::{
     Api, Client,
@@ -44,6 +41,7 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use super::Inputs;
+use crate::model::{slim_node, slim_service, slim_slice};
 
 /// kube-proxy's Service selector: Services handled by another proxy
 /// (`service.kubernetes.io/service-proxy-name`) are not ours, and headless ones have no VIP.
@@ -55,44 +53,6 @@ pub const SERVICE_LABEL_SELECTOR: &str =
 /// Services (the EndpointSlice controller copies both labels from the Service), so slices of
 /// Services that another proxy owns are filtered here too instead of being shipped and ignored.
 pub const SLICE_LABEL_SELECTOR: &str = "kubernetes.io/service-name,!service.kubernetes.io/headless,!service.kubernetes.io/service-proxy-name";
-
-/// Annotations the model may read; every other annotation (kubectl's last-applied-configuration
-/// above all) is dropped before an object is stored, as are managed fields.
-pub const KEPT_ANNOTATIONS: [&str; 4] = [
-    "service.kubernetes.io/topology-mode",
-    "service.kubernetes.io/topology-aware-hints",
-    "sluice.dev/scheduler",
-    "endpoints.kubernetes.io/last-change-trigger-time",
-];
-
-/// Stores are large at scale (100,000 Services); keeping only what the model reads roughly
-/// halves their memory and the cost of cloning a snapshot.
-fn slim_meta(meta: &mut ObjectMeta) {
-    meta.managed_fields = None;
-    if let Some(annotations) = meta.annotations.as_mut() {
-        annotations.retain(|k, _| KEPT_ANNOTATIONS.contains(&k.as_str()));
-        if annotations.is_empty() {
-            meta.annotations = None;
-        }
-    }
-}
-
-pub fn slim_service(service: &mut Service) {
-    slim_meta(&mut service.metadata);
-}
-
-pub fn slim_slice(slice: &mut EndpointSlice) {
-    slim_meta(&mut slice.metadata);
-}
-
-/// Also drops the image list: kubelet reports every image on the node there (often hundreds of
-/// kilobytes) and nothing in Sluice needs it.
-pub fn slim_node(node: &mut Node) {
-    slim_meta(&mut node.metadata);
-    if let Some(status) = node.status.as_mut() {
-        status.images = None;
-    }
-}
 
 /// The name of the node Sluice runs on, as kube-proxy derives it: `hostnameOverride`, else
 /// `NODE_NAME` (set from the downward API in the DaemonSet), else the kernel's hostname;
@@ -509,110 +469,7 @@ impl Outage {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
-    use k8s_openapi::{
-        api::core::v1::{ContainerImage, NodeStatus},
-        apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry,
-    };
-    use kube::ResourceExt as _;
-
     use super::*;
-
-    fn meta() -> ObjectMeta {
-        ObjectMeta {
-            name: Some("web".into()),
-            namespace: Some("default".into()),
-            labels: Some(BTreeMap::from([("app".into(), "web".into())])),
-            annotations: Some(BTreeMap::from([
-                (
-                    "kubectl.kubernetes.io/last-applied-configuration".into(),
-                    "{...}".into(),
-                ),
-                ("service.kubernetes.io/topology-mode".into(), "Auto".into()),
-                ("sluice.dev/scheduler".into(), "maglev".into()),
-                (
-                    "endpoints.kubernetes.io/last-change-trigger-time".into(),
-                    "2024-01-01T00:00:00Z".into(),
-                ),
-                ("example.com/other".into(), "x".into()),
-            ])),
-            managed_fields: Some(vec![ManagedFieldsEntry {
-                manager: Some("kubectl".into()),
-                ..Default::default()
-            }]),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn slimming_drops_managed_fields_and_all_but_the_allowed_annotations() {
-        let mut service = Service {
-            metadata: meta(),
-            ..Default::default()
-        };
-        slim_service(&mut service);
-        assert_eq!(service.metadata.managed_fields, None);
-        let kept: Vec<_> = service.annotations().keys().map(String::as_str).collect();
-        assert_eq!(
-            kept,
-            [
-                "endpoints.kubernetes.io/last-change-trigger-time",
-                "service.kubernetes.io/topology-mode",
-                "sluice.dev/scheduler"
-            ]
-        );
-        assert_eq!(service.labels().len(), 1, "labels are kept");
-
-        let mut slice = EndpointSlice {
-            metadata: meta(),
-            ..Default::default()
-        };
-        slim_slice(&mut slice);
-        assert_eq!(slice.metadata.managed_fields, None);
-        assert_eq!(slice.annotations().len(), 3);
-    }
-
-    #[test]
-    fn slimming_removes_an_annotation_map_left_empty() {
-        let mut service = Service {
-            metadata: ObjectMeta {
-                annotations: Some(BTreeMap::from([("a".into(), "b".into())])),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        slim_service(&mut service);
-        assert_eq!(service.metadata.annotations, None);
-    }
-
-    #[test]
-    fn slimming_a_node_drops_its_image_list_and_keeps_addresses() {
-        let mut node = Node {
-            metadata: meta(),
-            status: Some(NodeStatus {
-                images: Some(vec![ContainerImage {
-                    names: Some(vec!["registry/app:1".into()]),
-                    size_bytes: Some(1 << 30),
-                }]),
-                addresses: Some(vec![Default::default()]),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        slim_node(&mut node);
-        let status = node.status.unwrap();
-        assert_eq!(status.images, None);
-        assert_eq!(status.addresses.map(|a| a.len()), Some(1));
-        assert_eq!(node.metadata.managed_fields, None);
-        assert!(
-            !node
-                .metadata
-                .annotations
-                .unwrap()
-                .contains_key("example.com/other")
-        );
-    }
 
     #[test]
     fn the_node_name_comes_from_the_override_then_node_name_then_the_hostname() {

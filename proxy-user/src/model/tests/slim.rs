@@ -173,7 +173,15 @@ fn slimming_drops_what_the_model_never_reads() {
     );
 
     assert_eq!(slice.metadata.managed_fields, None);
-    assert_eq!(slice.metadata.annotations, None);
+    // Only the trigger time survives: the network-programming latency metric reads it.
+    assert_eq!(
+        slice
+            .metadata
+            .annotations
+            .as_ref()
+            .map(|a| a.keys().cloned().collect::<Vec<_>>()),
+        Some(vec![crate::observe::LAST_CHANGE_TRIGGER_TIME.to_string()])
+    );
     assert_eq!(
         slice
             .metadata
