@@ -12,7 +12,7 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use proxy_common::{Backend, CtKey, CtValue, ServiceKey, SlotKey, ct_dir, stat};
+use proxy_common::{Backend, CtKey, CtValue, ServiceKey, ServiceValue, SlotKey, ct_dir, stat};
 
 use crate::{
     maps::{BACKENDS, CONNTRACK, SERVICES, SLOTS, count},
@@ -75,13 +75,17 @@ fn handle(ctx: &TcContext) -> Result<i32, ()> {
         // packet into a black hole (kube-proxy's stale UDP conntrack problem).
     }
 
-    let index = unsafe { bpf_get_prandom_u32() } % svc.count;
-    let slot = SlotKey::new(svc.id, svc.bank, index);
-    let Some(backend_id) = (unsafe { SLOTS.get(&slot) }).copied() else {
-        count(stat::DROP_BAD_SLOT);
-        return Ok(TC_ACT_SHOT);
-    };
-    let Some(backend) = (unsafe { BACKENDS.get(&backend_id) }).copied() else {
+    // The controller deletes an old bank's slots (and unused backends) right after flipping
+    // the master entry, so a packet that read the entry just before the flip can miss its
+    // slot. The flip always precedes the deletion, so reading the entry again finds the new
+    // bank complete: one retry closes the window.
+    let Some((backend_id, backend)) = select(&svc).or_else(|| {
+        let again = (unsafe { SERVICES.get(&svc_key) }).copied()?;
+        if again.count == 0 {
+            return None;
+        }
+        select(&again)
+    }) else {
         count(stat::DROP_BAD_SLOT);
         return Ok(TC_ACT_SHOT);
     };
@@ -90,6 +94,15 @@ fn handle(ctx: &TcContext) -> Result<i32, ()> {
     nat::rewrite_destination(ctx, &flow, backend.addr, backend.port)?;
     count(stat::DNAT_NEW_FLOW);
     Ok(TC_ACT_OK)
+}
+
+/// A random backend of the frontend's live bank, if its slot and backend entries exist.
+#[inline(always)]
+fn select(svc: &ServiceValue) -> Option<(u32, Backend)> {
+    let index = unsafe { bpf_get_prandom_u32() } % svc.count;
+    let backend_id = (unsafe { SLOTS.get(&SlotKey::new(svc.id, svc.bank, index)) }).copied()?;
+    let backend = (unsafe { BACKENDS.get(&backend_id) }).copied()?;
+    Some((backend_id, backend))
 }
 
 fn backend_still_serves(entry: &CtValue) -> bool {

@@ -63,7 +63,7 @@ fn main() -> anyhow::Result<()> {
     let datapath = loader::load(&pin, &[], MapSizes::default())?;
     let services: Vec<Service> = (0..n).map(service).collect();
     let mut slices: Vec<EndpointSlice> = (0..n).map(|i| slice(i, 0)).collect();
-    let (tx, rx) = tokio::sync::watch::channel(Arc::new(Inputs {
+    let (tx, mut rx) = tokio::sync::watch::channel(Arc::new(Inputs {
         services: services.clone(),
         slices: slices.clone(),
         node: None,
@@ -77,7 +77,7 @@ fn main() -> anyhow::Result<()> {
     );
     let rss_before = rss_mib();
     let started = Instant::now();
-    let report = controller.sync_once(&rx, false);
+    let report = controller.sync_once(&mut rx, false);
     let cold = started.elapsed();
     anyhow::ensure!(
         report.failed.is_empty(),
@@ -93,7 +93,7 @@ fn main() -> anyhow::Result<()> {
         node: None,
     }))?;
     let started = Instant::now();
-    let report = controller.sync_once(&rx, false);
+    let report = controller.sync_once(&mut rx, false);
     let one_change = started.elapsed();
     anyhow::ensure!(
         report.writes > 0 && report.failed.is_empty(),

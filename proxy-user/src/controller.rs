@@ -6,14 +6,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
 use proxy_common::map_names;
 
 use crate::{
     config::MapSizes,
     dataplane::{
-        layout::desired_maps,
+        layout::{Unserved, desired_maps},
         maps::PinnedMaps,
         plan::{self, SyncReport},
         snapshot::Snapshot,
@@ -49,6 +49,7 @@ pub struct Controller {
     observer: Observer,
     capacities: MapSizes,
     last_skipped: BTreeSet<String>,
+    last_unserved: BTreeSet<String>,
     /// Last-change trigger time per EndpointSlice already reported as programmed.
     programmed: BTreeMap<(String, String), String>,
 }
@@ -74,6 +75,7 @@ impl Controller {
             observer,
             capacities,
             last_skipped: BTreeSet::new(),
+            last_unserved: BTreeSet::new(),
             programmed: BTreeMap::new(),
         }
     }
@@ -103,7 +105,7 @@ impl Controller {
             if pending {
                 let ready_at = last_sync + self.settings.min_sync_period;
                 tokio::time::sleep_until(ready_at.into()).await;
-                self.sync_once(&inputs, false);
+                self.sync_once(&mut inputs, false);
                 last_sync = Instant::now();
                 pending = false;
             }
@@ -116,7 +118,7 @@ impl Controller {
                     pending = true;
                 }
                 _ = tokio::time::sleep_until(next_full.into()) => {
-                    self.sync_once(&inputs, true);
+                    self.sync_once(&mut inputs, true);
                     last_sync = Instant::now();
                     next_full = Instant::now() + self.settings.sync_period;
                 }
@@ -126,19 +128,16 @@ impl Controller {
 
     /// One sync. `full` re-reads the kernel's maps first, so entries changed or deleted behind
     /// Sluice's back are put right.
-    pub fn sync_once(&mut self, inputs: &InputsRx, full: bool) -> SyncReport {
+    pub fn sync_once(&mut self, inputs: &mut InputsRx, full: bool) -> SyncReport {
         let started = Instant::now();
-        let snapshot = inputs.borrow().clone();
+        // Marks the value seen: a change that arrived while waiting out minSyncPeriod is applied
+        // now and must not wake the loop for a second, identical sync.
+        let snapshot = inputs.borrow_and_update().clone();
         let node = self.node_context(snapshot.node.as_ref());
         let state = DesiredState::build(&snapshot.services, &snapshot.slices, &node);
         self.report_skipped(&state);
         let (desired, unserved) = desired_maps(&state);
-        if !unserved.is_empty() {
-            debug!(
-                count = unserved.len(),
-                "frontends not served as asked by this datapath yet (IPv6, external scope)"
-            );
-        }
+        self.report_unserved(&unserved);
         if full {
             let actual = self.maps.snapshot();
             if actual != self.mirror {
@@ -182,6 +181,27 @@ impl Controller {
             }
         }
         self.last_skipped = now;
+    }
+
+    /// Warns once per frontend the datapath cannot serve as the Service asks, so an operator
+    /// relying on externalTrafficPolicy: Local or IPv6 hears of it at the default log level.
+    fn report_unserved(&mut self, unserved: &[(crate::model::FrontendKey, Unserved)]) {
+        let now: BTreeSet<String> = unserved
+            .iter()
+            .map(|(key, why)| match why {
+                Unserved::Ipv6 => {
+                    format!("{key}: IPv6 frontends are not served by this datapath yet")
+                }
+                Unserved::ExternalScope => format!(
+                    "{key}: externalTrafficPolicy: Local is not honoured yet; external clients \
+                     get the cluster-wide endpoints"
+                ),
+            })
+            .collect();
+        for line in now.difference(&self.last_unserved) {
+            warn!("{line}");
+        }
+        self.last_unserved = now;
     }
 
     /// Observes network programming latency once per EndpointSlice change: a slice whose

@@ -67,6 +67,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         bail!("no interface to attach to: pass --interface IFACE or set `interfaces`");
     }
     let datapath = loader::load(&config.pin_path, &config.interfaces, config.maps)?;
+    let node_name = kube::node_name(config.hostname_override.as_deref())?;
     let node_addresses = if args.node_addresses.is_empty() {
         interface_addresses(&config.interfaces)?
     } else {
@@ -75,7 +76,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let node = NodeContext {
         node_port_addresses: config.node_port_addresses.clone(),
         localhost_node_ports: config.localhost_node_ports,
-        ..NodeContext::new(config.hostname_override.clone(), node_addresses)
+        // Seeded with the resolved name so endpoints are recognised as local even before (or
+        // without) this node's Node object.
+        ..NodeContext::new(Some(node_name.clone()), node_addresses)
     };
     let settings = SyncSettings {
         min_sync_period: config.min_sync_period,
@@ -124,7 +127,6 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             None => {
                 let client =
                     kube::client_from(config.client_connection.kubeconfig.as_deref()).await?;
-                let node_name = kube::node_name(config.hostname_override.as_deref())?;
                 info!(node = %node_name, "watching the Kubernetes API");
                 tokio::spawn(kube::run(client, node_name, tx))
             }

@@ -59,12 +59,12 @@ fn address(ep: &SliceEndpoint, ipv6: bool) -> Option<IpAddr> {
     (ip.is_ipv6() == ipv6).then_some(ip)
 }
 
-/// The state of one slice endpoint. Absent conditions mean "unknown", which the API says to
-/// treat as ready; an absent `serving` defers to `ready`.
+/// The state of one slice endpoint, with kube-proxy's defaults for absent conditions (the
+/// API contract): ready and serving mean true, terminating means false.
 fn conditions(ep: &SliceEndpoint, publish_not_ready: bool) -> (bool, bool, bool) {
     let cond = ep.conditions.as_ref();
     let ready = cond.and_then(|c| c.ready).unwrap_or(true);
-    let serving = cond.and_then(|c| c.serving).unwrap_or(ready);
+    let serving = cond.and_then(|c| c.serving).unwrap_or(true);
     let terminating = cond.and_then(|c| c.terminating).unwrap_or(false);
     (ready || publish_not_ready, serving, terminating)
 }

@@ -56,7 +56,7 @@ impl DesiredState {
             }
         }
         let mut state = DesiredState::default();
-        let mut claimed: BTreeMap<(IpAddr, u16, Protocol), ServiceName> = BTreeMap::new();
+        let mut translated_all: Vec<(ServiceName, Translated)> = Vec::new();
         let mut previous: Option<ServiceName> = None;
         for svc in sorted(services) {
             let name = ServiceName::of(&svc.metadata);
@@ -70,33 +70,55 @@ impl DesiredState {
             }
             previous = Some(name.clone());
             let own = by_service.get(&name).map(Vec::as_slice).unwrap_or(&[]);
-            let translated = match translate_service(svc, own, node) {
-                Ok(None) => continue,
-                Ok(Some(translated)) => translated,
-                Err(skipped) => {
-                    state.skipped.push(skipped);
-                    continue;
+            match translate_service(svc, own, node) {
+                Ok(None) => {}
+                Ok(Some(translated)) => translated_all.push((name, translated)),
+                Err(skipped) => state.skipped.push(skipped),
+            }
+        }
+        // Conflicts are settled per frontend, and ClusterIPs are claimed first: a Service that
+        // names another Service's ClusterIP as its externalIP or load-balancer address loses
+        // that one frontend, never taking the other Service (kube-dns, say) down with it.
+        let mut claimed: BTreeMap<(IpAddr, u16, Protocol), ServiceName> = BTreeMap::new();
+        let mut kept: BTreeMap<ServiceName, Vec<Frontend>> = BTreeMap::new();
+        let mut lost = std::collections::BTreeSet::new();
+        for cluster_ips_round in [true, false] {
+            for (name, translated) in &translated_all {
+                for frontend in &translated.frontends {
+                    if (frontend.kind == FrontendKind::ClusterIp) != cluster_ips_round {
+                        continue;
+                    }
+                    let address = frontend.key.address();
+                    match claimed.get(&address) {
+                        Some(owner) if owner != name => {
+                            // One report per address, not per scope of a split frontend.
+                            if lost.insert((name.clone(), address)) {
+                                state.skipped.push(Skipped {
+                                    service: name.clone(),
+                                    reason: SkipReason::FrontendConflict,
+                                    detail: format!(
+                                        "{} is already served for {owner}; the Service's other \
+                                         frontends are kept",
+                                        frontend.key
+                                    ),
+                                });
+                            }
+                        }
+                        _ => {
+                            claimed.insert(address, name.clone());
+                            kept.entry(name.clone()).or_default().push(frontend.clone());
+                        }
+                    }
                 }
-            };
-            if let Some((key, owner)) = translated
-                .frontends
-                .iter()
-                .find_map(|f| claimed.get(&f.key.address()).map(|o| (f.key, o)))
-            {
-                state.skipped.push(Skipped {
-                    service: name,
-                    reason: SkipReason::FrontendConflict,
-                    detail: format!("{key} is already served for {owner}"),
-                });
-                continue;
             }
-            for f in &translated.frontends {
-                claimed.insert(f.key.address(), name.clone());
-            }
+        }
+        for (name, translated) in translated_all {
+            let mut frontends = kept.remove(&name).unwrap_or_default();
+            frontends.sort_by_key(|f| f.key);
             if let Some(check) = translated.health_check {
                 state.health_checks.insert(name.clone(), check);
             }
-            state.services.insert(name, translated.frontends);
+            state.services.insert(name, frontends);
         }
         state
     }

@@ -361,19 +361,55 @@ fn malformed_services_are_skipped_with_a_reason_and_others_kept() {
 #[test]
 fn two_services_claiming_one_frontend_resolve_the_same_way_every_time() {
     let a = service("metadata: {name: a}\nspec: {clusterIP: 10.96.0.40, ports: [{port: 80}]}");
-    let b = service("metadata: {name: b}\nspec: {clusterIP: 10.96.0.40, ports: [{port: 80}]}");
+    let b = service(
+        "metadata: {name: b}\nspec: {clusterIP: 10.96.0.40, ports: [{port: 80}, {name: x, port: 81}]}",
+    );
     for order in [[a.clone(), b.clone()], [b, a]] {
         let state = DesiredState::build(&order, &[], &NodeContext::default());
+        let owners: Vec<(String, String)> = state
+            .frontends()
+            .map(|f| (f.service.name.clone(), f.key.to_string()))
+            .collect();
         assert_eq!(
-            state
-                .services
-                .keys()
-                .map(|n| n.name.as_str())
-                .collect::<Vec<_>>(),
-            ["a"]
+            owners,
+            [
+                ("a".to_string(), "10.96.0.40:80/tcp".to_string()),
+                ("b".to_string(), "10.96.0.40:81/tcp".to_string())
+            ],
+            "only the conflicting frontend is lost"
         );
+        assert_eq!(state.skipped.len(), 1);
         assert_eq!(state.skipped[0].reason, SkipReason::FrontendConflict);
+        assert_eq!(state.skipped[0].service.name, "b");
     }
+}
+
+/// A Service may not take over another Service's ClusterIP by naming it as an externalIP,
+/// whatever their names' order: kube-dns keeps its frontend, the intruder loses only that one.
+#[test]
+fn a_cluster_ip_cannot_be_taken_over_by_another_services_external_ip() {
+    let dns = service(
+        "metadata: {name: kube-dns, namespace: kube-system}\nspec: {clusterIP: 10.96.0.10, ports: [{port: 53, protocol: UDP}]}",
+    );
+    let intruder = service(
+        "metadata: {name: aaa, namespace: a}\nspec: {clusterIP: 10.96.7.7, externalIPs: [10.96.0.10], ports: [{port: 53, protocol: UDP}]}",
+    );
+    let state = DesiredState::build(&[intruder, dns], &[], &NodeContext::default());
+    let owner_of = |addr: &str| {
+        state
+            .frontends()
+            .filter(|f| f.key.to_string() == addr)
+            .map(|f| f.service.to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(owner_of("10.96.0.10:53/udp"), ["kube-system/kube-dns"]);
+    assert_eq!(
+        owner_of("10.96.7.7:53/udp"),
+        ["a/aaa"],
+        "the intruder keeps its own ClusterIP"
+    );
+    assert_eq!(state.skipped.len(), 1);
+    assert_eq!(state.skipped[0].service.to_string(), "a/aaa");
 }
 
 #[test]
@@ -392,9 +428,25 @@ fn a_conflict_is_found_whatever_the_scopes_of_the_two_claims() {
         .unwrap()
         .insert(SERVICE_NAME_LABEL.into(), "a".into());
     let state = DesiredState::build(&[a.build(), b.build()], &[slice], &node());
-    assert_eq!(at(&state, "192.0.2.1", 80).len(), 2);
-    assert_eq!(state.skipped.len(), 1);
-    assert_eq!(state.skipped[0].service.name, "b");
+    // ClusterIPs are claimed first: `b` keeps it, `a` loses both scopes of that address only.
+    let owners: Vec<String> = at(&state, "192.0.2.1", 80)
+        .iter()
+        .map(|f| f.service.name.clone())
+        .collect();
+    assert_eq!(owners, ["b"]);
+    assert!(
+        state
+            .frontends()
+            .any(|f| f.service.name == "a" && f.kind == FrontendKind::ClusterIp),
+        "`a` keeps its own ClusterIP"
+    );
+    assert_eq!(
+        state.skipped.len(),
+        1,
+        "one report for the address: {:?}",
+        state.skipped
+    );
+    assert_eq!(state.skipped[0].service.name, "a");
     assert_eq!(state.skipped[0].reason, SkipReason::FrontendConflict);
 }
 
