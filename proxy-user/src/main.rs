@@ -136,7 +136,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             observer.metrics.clone(),
             Duration::from_secs(1),
         ));
-        let controller = Controller::new(datapath.maps, node, settings, observer, config.maps);
+        let controller =
+            Controller::new(datapath.maps, node, settings, observer, datapath.capacities);
         let result = tokio::select! {
             () = controller.run(rx) => Ok(()),
             joined = source => match joined {

@@ -176,7 +176,7 @@ fn drift_in_the_maps_is_repaired_by_the_next_full_sync() {
 }
 
 /// A plain HTTP/1.1 GET from inside `host`'s namespace: (status, body).
-fn http_get(host: &Host, addr: &str, path: &str) -> (u16, String) {
+fn try_http_get(host: &Host, addr: &str, path: &str) -> std::io::Result<(u16, String)> {
     let addr: std::net::SocketAddr = addr.parse().unwrap();
     let request = format!("GET {path} HTTP/1.1\r\nHost: sluice\r\nConnection: close\r\n\r\n");
     let response = host.run(move || {
@@ -186,15 +186,21 @@ fn http_get(host: &Host, addr: &str, path: &str) -> (u16, String) {
         let mut text = String::new();
         std::io::Read::read_to_string(&mut stream, &mut text)?;
         std::io::Result::Ok(text)
-    });
-    let response = response.expect("HTTP request to sluice");
-    let status = response[9..12].parse().unwrap();
+    })?;
+    let status = response
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not HTTP: {response:?}")))?;
     let body = response
         .split("\r\n\r\n")
         .nth(1)
         .unwrap_or_default()
         .to_string();
-    (status, body)
+    Ok((status, body))
+}
+
+fn http_get(host: &Host, addr: &str, path: &str) -> (u16, String) {
+    try_http_get(host, addr, path).expect("HTTP request to sluice")
 }
 
 /// The value of a metric line `name{labels} value` in Prometheus text format.
@@ -279,4 +285,60 @@ fn healthz_and_metrics_reflect_the_real_datapath() {
         "{body}"
     );
     assert_eq!(http_get(topo.node(), "127.0.0.1:10256", "/livez").0, 200);
+}
+
+#[test]
+fn an_adopted_map_keeps_its_size_and_says_so() {
+    require_root();
+    let topo = Topology::star("mapsize", 1).unwrap();
+    let scratch = Scratch::new("mapsize");
+    let _server = topo.backends()[0].tcp_server(8080).unwrap();
+    let backend = SocketAddrV4::new(v4(&topo.backends()[0]), 8080);
+    let vip = SocketAddrV4::new(VIP, 80);
+    scratch.write_manifest(
+        "web.yaml",
+        &service_yaml("web", VIP, &[tcp("http", 80, 8080)], &[*backend.ip()]),
+    );
+    let mut sluice = Sluice::start(&topo, &scratch);
+    sluice.wait_for_backends(vip, PROTO_TCP, &[backend]);
+    sluice.kill();
+
+    // Restarted with a smaller configured size: the pinned map (and conntrack) is adopted.
+    let config = scratch.dir.join("sluice.yaml");
+    std::fs::write(
+        &config,
+        "apiVersion: sluice.dev/v1alpha1\nkind: SluiceConfiguration\nmaps:\n  services: 1024\n",
+    )
+    .unwrap();
+    let sluice = Sluice::start_with(
+        &topo,
+        &scratch,
+        &["--sluice-config", config.to_str().unwrap()],
+    );
+    sluice.wait_for_backends(vip, PROTO_TCP, &[backend]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let body = loop {
+        // The restarted process may not have bound its port yet.
+        let body = try_http_get(topo.node(), "127.0.0.1:10249", "/metrics")
+            .map(|r| r.1)
+            .unwrap_or_default();
+        if metric(&body, "sluice_frontends") == Some(1.0) {
+            break body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no sync reported:\n{body}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        metric(&body, r#"sluice_map_capacity{map="SLUICE_SVC4"}"#),
+        Some(f64::from(proxy_common::capacity::SERVICES)),
+        "the real capacity is reported, not the configured one"
+    );
+    assert!(
+        sluice.log().contains("the pinned map keeps its size"),
+        "{}",
+        sluice.log()
+    );
 }

@@ -12,6 +12,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use aya::{
     Ebpf, EbpfLoader,
+    maps::MapInfo,
     programs::{
         LinkOrder, SchedClassifier, TcAttachType,
         links::{FdLink, PinnedLink},
@@ -33,6 +34,8 @@ const LINKS_DIR: &str = "links";
 pub struct Datapath {
     _ebpf: Ebpf,
     pub maps: PinnedMaps,
+    /// The maps' real capacities (an adopted map keeps the size it was made with).
+    pub capacities: MapSizes,
     pub pin_dir: PathBuf,
 }
 
@@ -71,11 +74,71 @@ pub fn load(pin_dir: &Path, interfaces: &[String], sizes: MapSizes) -> anyhow::R
         adopted_maps = adopted,
         "datapath loaded"
     );
+    let capacities = pinned_capacities(pin_dir, sizes)?;
     let maps = PinnedMaps::open(pin_dir)?;
     Ok(Datapath {
         _ebpf: ebpf,
         maps,
+        capacities,
         pin_dir: pin_dir.to_path_buf(),
+    })
+}
+
+/// The sizes the kernel's maps really have. A pinned map is adopted as it is (that is what
+/// keeps conntrack across restarts), so a changed size setting only applies after `sluice
+/// cleanup`; and a map whose layout differs was made by another Sluice version.
+fn pinned_capacities(pin_dir: &Path, wanted: MapSizes) -> anyhow::Result<MapSizes> {
+    use std::mem::size_of;
+
+    use proxy_common::{Backend, CtKey, CtValue, ServiceKey, ServiceValue, SlotKey};
+    let check = |name: &str, wanted: u32, key: usize, value: usize| -> anyhow::Result<u32> {
+        let info = MapInfo::from_pin(pin_dir.join(name))
+            .with_context(|| format!("reading pinned map {name}"))?;
+        if (info.key_size() as usize, info.value_size() as usize) != (key, value) {
+            bail!(
+                "pinned map {name} has {}-byte keys and {}-byte values where this Sluice expects \
+                 {key} and {value}: another Sluice version made it; run `sluice cleanup` (this \
+                 drops tracked connections) and start again",
+                info.key_size(),
+                info.value_size()
+            );
+        }
+        if info.max_entries() != wanted {
+            warn!(
+                map = name,
+                pinned = info.max_entries(),
+                configured = wanted,
+                "the pinned map keeps its size; the configured size applies after `sluice cleanup` \
+                 and a restart (which drops tracked connections)"
+            );
+        }
+        Ok(info.max_entries())
+    };
+    Ok(MapSizes {
+        services: check(
+            map_names::SERVICES,
+            wanted.services,
+            size_of::<ServiceKey>(),
+            size_of::<ServiceValue>(),
+        )?,
+        slots: check(
+            map_names::SLOTS,
+            wanted.slots,
+            size_of::<SlotKey>(),
+            size_of::<u32>(),
+        )?,
+        backends: check(
+            map_names::BACKENDS,
+            wanted.backends,
+            size_of::<u32>(),
+            size_of::<Backend>(),
+        )?,
+        conntrack: check(
+            map_names::CONNTRACK,
+            wanted.conntrack,
+            size_of::<CtKey>(),
+            size_of::<CtValue>(),
+        )?,
     })
 }
 
