@@ -50,6 +50,8 @@ pub struct Controller {
     capacities: MapSizes,
     last_skipped: BTreeSet<String>,
     last_unserved: BTreeSet<String>,
+    /// The inputs of the last sync, to count what changed since.
+    last_inputs: std::sync::Arc<crate::source::Inputs>,
     /// Last-change trigger time per EndpointSlice already reported as programmed.
     programmed: BTreeMap<(String, String), String>,
 }
@@ -76,6 +78,7 @@ impl Controller {
             capacities,
             last_skipped: BTreeSet::new(),
             last_unserved: BTreeSet::new(),
+            last_inputs: Default::default(),
             programmed: BTreeMap::new(),
         }
     }
@@ -115,6 +118,8 @@ impl Controller {
                         return;
                     }
                     self.observer.queued();
+                    let (services, slices) = inputs.borrow().changes_since(&self.last_inputs);
+                    self.observer.metrics.set_pending_changes(services, slices);
                     pending = true;
                 }
                 _ = tokio::time::sleep_until(next_full.into()) => {
@@ -133,6 +138,12 @@ impl Controller {
         // Marks the value seen: a change that arrived while waiting out minSyncPeriod is applied
         // now and must not wake the loop for a second, identical sync.
         let snapshot = inputs.borrow_and_update().clone();
+        let (services_changed, slices_changed) = snapshot.changes_since(&self.last_inputs);
+        self.observer
+            .metrics
+            .record_changes(services_changed, slices_changed);
+        self.observer.metrics.set_pending_changes(0, 0);
+        self.last_inputs = snapshot.clone();
         let node = self.node_context(snapshot.node.as_ref());
         let state = DesiredState::build(&snapshot.services, &snapshot.slices, &node);
         self.report_skipped(&state);

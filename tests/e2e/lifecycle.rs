@@ -269,6 +269,15 @@ fn healthz_and_metrics_reflect_the_real_datapath() {
         Some(2.0)
     );
     assert_eq!(metric(&body, "sluice_frontends"), Some(1.0));
+    // The first sync saw one Service and one EndpointSlice appear.
+    assert_eq!(
+        metric(&body, "kubeproxy_sync_proxy_rules_service_changes_total"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&body, "kubeproxy_sync_proxy_rules_endpoint_changes_total"),
+        Some(1.0)
+    );
     assert!(
         metric(&body, "kubeproxy_sync_proxy_rules_last_timestamp_seconds").unwrap_or(0.0) > 1.6e9
     );
