@@ -144,6 +144,11 @@ impl Controller {
             .record_changes(services_changed, slices_changed);
         self.observer.metrics.set_pending_changes(0, 0);
         self.last_inputs = snapshot.clone();
+        if let Some(node) = &snapshot.node {
+            self.observer
+                .health
+                .set_node_eligible(crate::model::node_eligible(node));
+        }
         let node = self.node_context(snapshot.node.as_ref());
         let state = DesiredState::build(&snapshot.services, &snapshot.slices, &node);
         self.report_skipped(&state);

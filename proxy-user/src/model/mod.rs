@@ -17,7 +17,7 @@ mod topology;
 mod translate;
 mod types;
 
-pub use node::{NodeContext, ZONE_LABEL};
+pub use node::{NodeContext, TO_BE_DELETED_TAINT, ZONE_LABEL, node_eligible};
 pub use settings::{DEFAULT_AFFINITY_TIMEOUT, MAX_AFFINITY_TIMEOUT, SCHEDULER_ANNOTATION};
 pub use skip::{SkipReason, Skipped};
 pub use slim::{slim_node, slim_service, slim_slice};

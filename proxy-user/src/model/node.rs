@@ -8,6 +8,19 @@ use crate::config::NodePortAddresses;
 
 /// The Node label naming this node's zone, matched against `hints.forZones`.
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+/// The cluster autoscaler's taint on a node it is about to remove.
+pub const TO_BE_DELETED_TAINT: &str = "ToBeDeletedByClusterAutoscaler";
+
+/// Whether load balancers should still send this node traffic, as kube-proxy's /healthz
+/// reports it: not while the Node is being deleted or the autoscaler is about to remove it.
+pub fn node_eligible(node: &Node) -> bool {
+    let tainted = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .is_some_and(|t| t.iter().any(|t| t.key == TO_BE_DELETED_TAINT));
+    node.metadata.deletion_timestamp.is_none() && !tainted
+}
 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct NodeContext {

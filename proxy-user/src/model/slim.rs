@@ -121,8 +121,25 @@ pub fn slim_slice(slice: &mut EndpointSlice) {
 pub fn slim_node(node: &mut Node) {
     let old = std::mem::take(node);
     *node = Node {
-        metadata: slim_meta(old.metadata, &[ZONE_LABEL], &[]),
-        spec: None,
+        // Deletion and the autoscaler's taint decide /healthz's node eligibility.
+        metadata: ObjectMeta {
+            deletion_timestamp: old.metadata.deletion_timestamp.clone(),
+            ..slim_meta(old.metadata, &[ZONE_LABEL], &[])
+        },
+        spec: old
+            .spec
+            .and_then(|spec| spec.taints)
+            .map(|taints| {
+                taints
+                    .into_iter()
+                    .filter(|t| t.key == super::node::TO_BE_DELETED_TAINT)
+                    .collect::<Vec<_>>()
+            })
+            .filter(|taints| !taints.is_empty())
+            .map(|taints| k8s_openapi::api::core::v1::NodeSpec {
+                taints: Some(taints),
+                ..Default::default()
+            }),
         status: old.status.map(|s| NodeStatus {
             addresses: s.addresses.map(|addresses| {
                 addresses

@@ -475,3 +475,22 @@ fn skip_reasons_have_distinct_labels() {
         SkipReason::ALL.iter().map(|r| r.as_str()).collect();
     assert_eq!(labels.len(), SkipReason::ALL.len());
 }
+
+#[test]
+fn a_node_being_deleted_or_marked_by_the_autoscaler_is_not_eligible_even_after_slimming() {
+    let node = |extra: &str| -> k8s_openapi::api::core::v1::Node {
+        serde_yaml::from_str(&format!("metadata: {{name: n1{extra}}}\nspec: {{taints: [{{key: other, effect: NoSchedule}}]}}\n")).unwrap()
+    };
+    let mut plain = node("");
+    let mut deleting = node(", deletionTimestamp: '2026-01-01T00:00:00Z'");
+    let mut tainted: k8s_openapi::api::core::v1::Node = serde_yaml::from_str(
+        "metadata: {name: n1}\nspec: {taints: [{key: ToBeDeletedByClusterAutoscaler, value: '1', effect: NoSchedule}]}\n",
+    )
+    .unwrap();
+    for n in [&mut plain, &mut deleting, &mut tainted] {
+        slim_node(n);
+    }
+    assert!(node_eligible(&plain));
+    assert!(!node_eligible(&deleting));
+    assert!(!node_eligible(&tainted));
+}
