@@ -19,7 +19,10 @@ use crate::{
         snapshot::Snapshot,
     },
     model::{DesiredState, NodeContext},
-    observe::{DATAPATH_COUNTERS, Metrics, Observer},
+    observe::{
+        DATAPATH_COUNTERS, Metrics, Observer,
+        service_health::{HealthChecks, ServiceCheck},
+    },
     source::InputsRx,
 };
 
@@ -50,6 +53,8 @@ pub struct Controller {
     capacities: MapSizes,
     last_skipped: BTreeSet<String>,
     last_unserved: BTreeSet<String>,
+    /// healthCheckNodePort answers, published for the listeners after each sync.
+    health_checks: tokio::sync::watch::Sender<HealthChecks>,
     /// The inputs of the last sync, to count what changed since.
     last_inputs: std::sync::Arc<crate::source::Inputs>,
     /// Last-change trigger time per EndpointSlice already reported as programmed.
@@ -79,8 +84,14 @@ impl Controller {
             last_skipped: BTreeSet::new(),
             last_unserved: BTreeSet::new(),
             last_inputs: Default::default(),
+            health_checks: tokio::sync::watch::channel(HealthChecks::default()).0,
             programmed: BTreeMap::new(),
         }
+    }
+
+    /// The healthCheckNodePort answers, updated after each sync.
+    pub fn health_checks(&self) -> tokio::sync::watch::Receiver<HealthChecks> {
+        self.health_checks.subscribe()
     }
 
     fn node_context(&self, node: Option<&k8s_openapi::api::core::v1::Node>) -> NodeContext {
@@ -152,6 +163,7 @@ impl Controller {
         let node = self.node_context(snapshot.node.as_ref());
         let state = DesiredState::build(&snapshot.services, &snapshot.slices, &node);
         self.report_skipped(&state);
+        self.publish_health_checks(&state);
         let (desired, unserved) = desired_maps(&state);
         self.report_unserved(&unserved);
         if full {
@@ -197,6 +209,30 @@ impl Controller {
             }
         }
         self.last_skipped = now;
+    }
+
+    fn publish_health_checks(&self, state: &DesiredState) {
+        let checks: BTreeMap<u16, ServiceCheck> = state
+            .health_checks
+            .iter()
+            .map(|(service, check)| {
+                (
+                    check.port,
+                    ServiceCheck {
+                        namespace: service.namespace.clone(),
+                        name: service.name.clone(),
+                        local_endpoints: check.local_endpoints,
+                    },
+                )
+            })
+            .collect();
+        self.health_checks.send_if_modified(|current| {
+            let changed = **current != checks;
+            if changed {
+                *current = std::sync::Arc::new(checks);
+            }
+            changed
+        });
     }
 
     /// Warns once per frontend the datapath cannot serve as the Service asks, so an operator

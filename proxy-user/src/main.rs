@@ -8,7 +8,7 @@ use sluice::{
     controller::{self, Controller, SyncSettings},
     dataplane::{loader, maps::PinnedMaps},
     model::NodeContext,
-    observe::{Observer, Servers},
+    observe::{self, Observer, Servers},
     source::{Inputs, kube, manifests},
 };
 use tracing::{info, warn};
@@ -136,8 +136,17 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             observer.metrics.clone(),
             Duration::from_secs(1),
         ));
-        let controller =
-            Controller::new(datapath.maps, node, settings, observer, datapath.capacities);
+        let controller = Controller::new(
+            datapath.maps,
+            node,
+            settings,
+            observer.clone(),
+            datapath.capacities,
+        );
+        tokio::spawn(observe::service_health::run(
+            controller.health_checks(),
+            observer,
+        ));
         let result = tokio::select! {
             () = controller.run(rx) => Ok(()),
             joined = source => match joined {

@@ -351,3 +351,64 @@ fn an_adopted_map_keeps_its_size_and_says_so() {
         sluice.log()
     );
 }
+
+fn local_lb_yaml(endpoint: Ipv4Addr, node_name: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: lb, namespace: default}}\nspec:\n  type: LoadBalancer\n  clusterIP: 10.96.0.30\n  externalTrafficPolicy: Local\n  healthCheckNodePort: 32100\n  ports: [{{name: http, port: 80, targetPort: 8080, nodePort: 30080}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: lb-1\n  namespace: default\n  labels: {{kubernetes.io/service-name: lb}}\naddressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints:\n  - addresses: [\"{endpoint}\"]\n    nodeName: {node_name}\n    conditions: {{ready: true}}\n"
+    )
+}
+
+/// kube-proxy's healthCheckNodePort: external load balancers ask each node whether it has
+/// local endpoints for an externalTrafficPolicy: Local Service.
+#[test]
+fn health_check_node_port_answers_for_local_endpoints() {
+    require_root();
+    let topo = Topology::star("hcnp", 1).unwrap();
+    let scratch = Scratch::new("hcnp");
+    let endpoint = v4(&topo.backends()[0]);
+    let config = scratch.dir.join("kube-proxy.yaml");
+    std::fs::write(
+        &config,
+        "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nhostnameOverride: node-a\n",
+    )
+    .unwrap();
+    scratch.write_manifest("lb.yaml", &local_lb_yaml(endpoint, "node-a"));
+    let _sluice = Sluice::start_with(&topo, &scratch, &["--config", config.to_str().unwrap()]);
+    // Asked from outside the node, at its address, as a cloud load balancer does.
+    let node_addr = "10.0.1.1:32100";
+    let wait_for = |want: u16| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = try_http_get(topo.client(), node_addr, "/healthz");
+            if let Ok((status, body)) = &got
+                && *status == want
+            {
+                return body.clone();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "wanted {want}, got {got:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let body = wait_for(200);
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["localEndpoints"], 1, "{body}");
+    assert_eq!(json["service"]["name"], "lb");
+
+    scratch.write_manifest("lb.yaml", &local_lb_yaml(endpoint, "node-b"));
+    let body = wait_for(503);
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["localEndpoints"], 0, "{body}");
+
+    std::fs::remove_file(scratch.manifests().join("lb.yaml")).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while try_http_get(topo.client(), node_addr, "/healthz").is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the port stays open without the Service"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

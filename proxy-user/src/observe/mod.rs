@@ -23,6 +23,7 @@ pub mod clock;
 pub mod health;
 pub mod metrics;
 pub mod server;
+pub mod service_health;
 
 use std::{
     sync::Arc,

@@ -20,6 +20,7 @@ use hyper_util::{
 use tokio::{net::TcpListener, sync::watch};
 use tracing::{debug, info, warn};
 
+use super::service_health::HealthChecksRx;
 use super::{Observer, metrics::TEXT_CONTENT_TYPE};
 
 /// A client that has not sent its request headers by then is dropped, so idle or slow
@@ -47,6 +48,8 @@ pub struct Routes {
     observer: Observer,
     metrics: bool,
     health: bool,
+    /// A Service's healthCheckNodePort: every path answers for that Service.
+    service: Option<(u16, HealthChecksRx)>,
 }
 
 impl Routes {
@@ -56,6 +59,7 @@ impl Routes {
             observer: observer.clone(),
             metrics: true,
             health: false,
+            service: None,
         }
     }
 
@@ -65,6 +69,7 @@ impl Routes {
             observer: observer.clone(),
             metrics: false,
             health: true,
+            service: None,
         }
     }
 
@@ -74,10 +79,25 @@ impl Routes {
             observer: observer.clone(),
             metrics: true,
             health: true,
+            service: None,
+        }
+    }
+
+    /// The healthCheckNodePort `port` (kube-proxy's ServiceHealthServer), answering from the
+    /// checks published on `checks`.
+    pub fn service_health(observer: &Observer, port: u16, checks: HealthChecksRx) -> Self {
+        Self {
+            observer: observer.clone(),
+            metrics: false,
+            health: false,
+            service: Some((port, checks)),
         }
     }
 
     fn setting(&self) -> &'static str {
+        if self.service.is_some() {
+            return "a Service's healthCheckNodePort";
+        }
         match (self.metrics, self.health) {
             (true, true) => "metricsBindAddress and healthzBindAddress",
             (true, false) => "metricsBindAddress",
@@ -86,6 +106,9 @@ impl Routes {
     }
 
     fn respond(&self, method: &Method, path: &str) -> Response<Full<Bytes>> {
+        if let Some((port, checks)) = &self.service {
+            return service_health_response(port, checks, &self.observer);
+        }
         let known = match path {
             "/metrics" => self.metrics,
             "/healthz" | "/livez" => self.health,
@@ -132,6 +155,36 @@ impl Routes {
             }
         }
     }
+}
+
+/// kube-proxy's answer on a healthCheckNodePort: 200 while this node has local endpoints for
+/// the Service and the proxy is healthy, 503 otherwise, so external load balancers send
+/// externalTrafficPolicy: Local traffic only to nodes that can serve it.
+fn service_health_response(
+    port: &u16,
+    checks: &HealthChecksRx,
+    observer: &Observer,
+) -> Response<Full<Bytes>> {
+    let checks = checks.borrow();
+    let Some(check) = checks.get(port) else {
+        return plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no Service uses this port\n",
+        );
+    };
+    let proxy_healthy = observer.health.healthz().healthy;
+    let body = serde_json::json!({
+        "service": {"namespace": check.namespace, "name": check.name},
+        "localEndpoints": check.local_endpoints,
+        "serviceProxyHealthy": proxy_healthy,
+    })
+    .to_string();
+    let status = if check.local_endpoints > 0 && proxy_healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    with_type(status, "application/json", body)
 }
 
 fn with_type(
