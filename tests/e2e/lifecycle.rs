@@ -136,18 +136,25 @@ fn restart_keeps_established_connections_and_applies_changes_made_while_down() {
     );
 }
 
-#[test]
-fn drift_in_the_maps_is_repaired_by_the_next_full_sync() {
+/// A one-node test bed whose only backend serves TCP 8080 behind the ClusterIP VIP:80, with
+/// the manifest written: (topology, scratch, the backend's server, the backend's address).
+fn one_backend_web(test: &str) -> (Topology, Scratch, sluice_testbed::TcpServer, SocketAddrV4) {
     require_root();
-    let topo = Topology::star("drift", 1).unwrap();
-    let scratch = Scratch::new("drift");
-    let _server = topo.backends()[0].tcp_server(8080).unwrap();
+    let topo = Topology::star(test, 1).unwrap();
+    let scratch = Scratch::new(test);
+    let server = topo.backends()[0].tcp_server(8080).unwrap();
     let backend = SocketAddrV4::new(v4(&topo.backends()[0]), 8080);
-    let vip = SocketAddrV4::new(VIP, 80);
     scratch.write_manifest(
         "web.yaml",
         &service_yaml("web", VIP, &[tcp("http", 80, 8080)], &[*backend.ip()]),
     );
+    (topo, scratch, server, backend)
+}
+
+#[test]
+fn drift_in_the_maps_is_repaired_by_the_next_full_sync() {
+    let (topo, scratch, _server, backend) = one_backend_web("drift");
+    let vip = SocketAddrV4::new(VIP, 80);
     let sluice = Sluice::start_with(&topo, &scratch, &["--sync-period", "1s"]);
     sluice.wait_for_backends(vip, PROTO_TCP, &[backend]);
 
@@ -298,16 +305,8 @@ fn healthz_and_metrics_reflect_the_real_datapath() {
 
 #[test]
 fn an_adopted_map_keeps_its_size_and_says_so() {
-    require_root();
-    let topo = Topology::star("mapsize", 1).unwrap();
-    let scratch = Scratch::new("mapsize");
-    let _server = topo.backends()[0].tcp_server(8080).unwrap();
-    let backend = SocketAddrV4::new(v4(&topo.backends()[0]), 8080);
+    let (topo, scratch, _server, backend) = one_backend_web("mapsize");
     let vip = SocketAddrV4::new(VIP, 80);
-    scratch.write_manifest(
-        "web.yaml",
-        &service_yaml("web", VIP, &[tcp("http", 80, 8080)], &[*backend.ip()]),
-    );
     let mut sluice = Sluice::start(&topo, &scratch);
     sluice.wait_for_backends(vip, PROTO_TCP, &[backend]);
     sluice.kill();
