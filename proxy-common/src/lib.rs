@@ -12,6 +12,8 @@ pub mod map_names {
     pub const BACKENDS: &str = "SLUICE_BACKENDS4";
     pub const CONNTRACK: &str = "SLUICE_CT4";
     pub const STATS: &str = "SLUICE_STATS";
+    pub const CONFIG: &str = "SLUICE_CONFIG";
+    pub const LOCAL_SOURCES: &str = "SLUICE_LOCAL4";
 }
 
 /// Default capacities; the controller can override each at load time.
@@ -20,13 +22,16 @@ pub mod capacity {
     pub const SLOTS: u32 = 2_097_152;
     pub const BACKENDS: u32 = 1_048_576;
     pub const CONNTRACK: u32 = 524_288;
+    /// Prefixes that identify traffic from this cluster's pods (detectLocalMode).
+    pub const LOCAL_SOURCES: u32 = 1024;
 }
 
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 pub const PROTO_SCTP: u8 = 132;
 
-/// A frontend: the address, port and protocol a client sends to.
+/// A frontend: the address, port and protocol a client sends to, and which clients the entry
+/// serves.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServiceKey {
@@ -35,18 +40,36 @@ pub struct ServiceKey {
     /// Port, network byte order.
     pub port: u16,
     pub proto: u8,
-    pub _pad: u8,
+    /// One of [`scope`].
+    pub scope: u8,
 }
 
 impl ServiceKey {
+    /// The entry every packet to the frontend looks up first.
     pub const fn new(addr_be: u32, port_be: u16, proto: u8) -> Self {
         Self {
             addr: addr_be,
             port: port_be,
             proto,
-            _pad: 0,
+            scope: scope::ANY,
         }
     }
+
+    pub const fn with_scope(self, scope: u8) -> Self {
+        Self { scope, ..self }
+    }
+}
+
+/// Which clients a frontend entry serves. A frontend whose internal and external clients get
+/// different endpoints (a `Local` traffic policy) has an [`ANY`](scope::ANY) entry flagged
+/// [`SPLIT_SCOPES`](service_flags::SPLIT_SCOPES) and one entry per scope; every other frontend
+/// has the `ANY` entry alone, so the common case costs one lookup.
+pub mod scope {
+    pub const ANY: u8 = 0;
+    /// Clients Sluice detects as local (`detectLocalMode`): the cluster's pods.
+    pub const INTERNAL: u8 = 1;
+    /// Every other client.
+    pub const EXTERNAL: u8 = 2;
 }
 
 /// Selection algorithms, as stored in [`ServiceValue::algorithm`].
@@ -58,6 +81,14 @@ pub mod algorithm {
 pub mod service_flags {
     /// Reserved so that an all-zero value is never mistaken for a configured service.
     pub const PRESENT: u16 = 1 << 0;
+    /// No usable endpoint: drop silently instead of refusing (TCP RST / ICMP unreachable).
+    pub const DROP_WHEN_EMPTY: u16 = 1 << 1;
+    /// Look the frontend up again with the client's scope (see [`scope`](super::scope)).
+    pub const SPLIT_SCOPES: u16 = 1 << 2;
+    /// The frontend's address may be the node's own (NodePort, load-balancer and external
+    /// IPs): replies are routed by the datapath, since the stack drops packets arriving with
+    /// one of its own addresses as source.
+    pub const ROUTE_REPLIES: u16 = 1 << 3;
 }
 
 /// The master entry of a frontend.
@@ -134,6 +165,16 @@ pub struct CtKey {
     pub _pad: u16,
 }
 
+/// Flags in [`CtValue::flags`].
+pub mod ct_flags {
+    /// A packet has been seen in the reply direction (the backend answered).
+    pub const SEEN_REPLY: u16 = 1 << 0;
+    /// A TCP FIN or RST has been seen: the connection is closing.
+    pub const CLOSING: u16 = 1 << 1;
+    /// Replies are routed by the datapath (see `service_flags::ROUTE_REPLIES`).
+    pub const ROUTE_REPLIES: u16 = 1 << 2;
+}
+
 /// What to rewrite for a tracked flow.
 ///
 /// For a forward entry `nat_addr:nat_port` is the chosen backend (rewrite the destination);
@@ -156,10 +197,55 @@ pub mod stat {
     pub const DNAT_NEW_FLOW: u32 = 1;
     pub const DNAT_TRACKED: u32 = 2;
     pub const REVERSE_NAT: u32 = 3;
+    /// Packets to a frontend without usable endpoints (refused or dropped, see below).
     pub const DROP_NO_BACKEND: u32 = 4;
     pub const DROP_BAD_SLOT: u32 = 5;
     pub const CT_INSERT_FAILED: u32 = 6;
-    pub const COUNT: u32 = 8;
+    /// TCP to a frontend without usable endpoints, answered with a RST.
+    pub const REJECT_TCP: u32 = 7;
+    /// UDP to a frontend without usable endpoints, answered with ICMP port unreachable.
+    pub const REJECT_UDP: u32 = 8;
+    /// Dropped because a `Local` traffic policy leaves this node without an endpoint.
+    pub const DROP_LOCAL_POLICY: u32 = 9;
+    /// ICMP errors about a translated flow, translated back for the client.
+    pub const ICMP_ERROR_RNAT: u32 = 10;
+    /// Tracked flows found past their lifetime and selected afresh.
+    pub const CT_EXPIRED: u32 = 11;
+    /// A refusal could not be built (IP options, a reset answering a reset): dropped instead.
+    pub const DROP_UNREJECTABLE: u32 = 12;
+    pub const COUNT: u32 = 16;
+}
+
+/// Settings the datapath reads at run time: element 0 of the `SLUICE_CONFIG` array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct DatapathConfig {
+    /// TCP flows that have not been answered yet (SYN sent).
+    pub tcp_syn_ns: u64,
+    pub tcp_established_ns: u64,
+    /// TCP flows after a FIN or RST.
+    pub tcp_closing_ns: u64,
+    /// UDP flows that have only sent.
+    pub udp_ns: u64,
+    /// UDP flows that have been answered.
+    pub udp_stream_ns: u64,
+    pub flags: u64,
+}
+
+/// Flags in [`DatapathConfig::flags`].
+pub mod config_flags {
+    /// `SLUICE_CONFIG` was written: without it the datapath uses built-in lifetimes.
+    pub const SET: u64 = 1 << 0;
+}
+
+/// Built-in conntrack lifetimes, as the kernel's netfilter defaults.
+pub mod default_lifetime {
+    const S: u64 = 1_000_000_000;
+    pub const TCP_SYN_NS: u64 = 120 * S;
+    pub const TCP_ESTABLISHED_NS: u64 = 86_400 * S;
+    pub const TCP_CLOSING_NS: u64 = 120 * S;
+    pub const UDP_NS: u64 = 30 * S;
+    pub const UDP_STREAM_NS: u64 = 120 * S;
 }
 
 #[cfg(feature = "user")]
@@ -173,4 +259,5 @@ mod pod {
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for CtKey {}
     unsafe impl aya::Pod for CtValue {}
+    unsafe impl aya::Pod for DatapathConfig {}
 }

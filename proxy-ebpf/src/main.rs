@@ -2,9 +2,13 @@
 #![no_std]
 #![no_main]
 
+mod conntrack;
+mod icmp;
 mod maps;
 mod nat;
 mod packet;
+mod reject;
+mod route;
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
@@ -12,11 +16,14 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use proxy_common::{Backend, CtKey, CtValue, ServiceKey, ServiceValue, SlotKey, ct_dir, stat};
+use proxy_common::{
+    Backend, CtKey, CtValue, ServiceKey, ServiceValue, SlotKey, ct_dir, ct_flags, scope,
+    service_flags, stat,
+};
 
 use crate::{
-    maps::{BACKENDS, CONNTRACK, SERVICES, SLOTS, count},
-    packet::Flow,
+    maps::{BACKENDS, CONNTRACK, SERVICES, SLOTS, count, is_local_source},
+    packet::{Flow, Parsed},
 };
 
 /// Attached at tc ingress of every node interface Sluice serves: translates client → frontend
@@ -32,47 +39,59 @@ pub fn sluice_tc_ingress(ctx: TcContext) -> i32 {
 }
 
 fn handle(ctx: &TcContext) -> Result<i32, ()> {
-    let Some(flow) = Flow::parse(ctx)? else {
-        return Ok(TC_ACT_OK);
+    let flow = match Flow::parse(ctx)? {
+        Parsed::Flow(flow) => flow,
+        Parsed::Icmp { l4_off } => return icmp::reverse_nat_error(ctx, l4_off),
+        Parsed::Other => return Ok(TC_ACT_OK),
     };
 
     // Replies are checked first: a backend's answer must be recognised even if the backend
     // address is itself a frontend of some other Service.
     let reply_key = flow.ct_key(ct_dir::REPLY);
-    if let Some(entry) = CONNTRACK.get_ptr_mut(&reply_key) {
+    if let Some(entry) = CONNTRACK.get_ptr_mut(reply_key) {
         // SAFETY: the pointer comes from a successful lookup in an LRU map and is only used
         // within this program invocation (RCU protects the element until we return).
         let entry = unsafe { &mut *entry };
-        entry.last_seen_ns = unsafe { bpf_ktime_get_ns() };
+        let now = unsafe { bpf_ktime_get_ns() };
+        conntrack::touch(entry, &flow, now);
+        if entry.flags & ct_flags::SEEN_REPLY == 0 || flow.is_closing() {
+            entry.flags |= ct_flags::SEEN_REPLY;
+            mark_forward_entry(&flow, entry, now);
+        }
         nat::rewrite_source(ctx, &flow, entry.nat_addr, entry.nat_port)?;
         count(stat::REVERSE_NAT);
+        if entry.flags & ct_flags::ROUTE_REPLIES != 0 {
+            return Ok(route::forward(ctx, entry.nat_addr, flow.daddr));
+        }
         return Ok(TC_ACT_OK);
     }
 
-    let svc_key = ServiceKey::new(flow.daddr, flow.dport, flow.proto);
-    // SAFETY: the value is copied out at once, so a concurrent replacement by the controller
-    // (the map is not preallocated, elements are freed after an RCU grace period) cannot
-    // change it under us.
-    let Some(svc) = (unsafe { SERVICES.get(&svc_key) }).copied() else {
+    let Some((svc_key, svc)) = frontend(&flow) else {
         return Ok(TC_ACT_OK);
     };
     if svc.count == 0 {
         count(stat::DROP_NO_BACKEND);
-        return Ok(TC_ACT_SHOT);
+        if svc.flags & service_flags::DROP_WHEN_EMPTY != 0 {
+            count(stat::DROP_LOCAL_POLICY);
+            return Ok(TC_ACT_SHOT);
+        }
+        return Ok(reject::refuse(ctx, &flow));
     }
 
     let now = unsafe { bpf_ktime_get_ns() };
     let fwd_key = flow.ct_key(ct_dir::FORWARD);
-    if let Some(entry) = CONNTRACK.get_ptr_mut(&fwd_key) {
+    if let Some(entry) = CONNTRACK.get_ptr_mut(fwd_key) {
         let entry = unsafe { &mut *entry };
-        if backend_still_serves(entry) {
-            entry.last_seen_ns = now;
+        if !conntrack::still_valid(entry, &flow, now, &conntrack::lifetimes()) {
+            count(stat::CT_EXPIRED);
+        } else if backend_still_serves(entry) {
+            conntrack::touch(entry, &flow, now);
             nat::rewrite_destination(ctx, &flow, entry.nat_addr, entry.nat_port)?;
             count(stat::DNAT_TRACKED);
             return Ok(TC_ACT_OK);
         }
-        // The backend this flow was pinned to is gone: choose again rather than send the
-        // packet into a black hole (kube-proxy's stale UDP conntrack problem).
+        // Expired, or the backend this flow was pinned to is gone: choose again rather than
+        // send the packet into a black hole (kube-proxy's stale UDP conntrack problem).
     }
 
     // The controller deletes an old bank's slots (and unused backends) right after flipping
@@ -80,7 +99,7 @@ fn handle(ctx: &TcContext) -> Result<i32, ()> {
     // slot. The flip always precedes the deletion, so reading the entry again finds the new
     // bank complete: one retry closes the window.
     let Some((backend_id, backend)) = select(&svc).or_else(|| {
-        let again = (unsafe { SERVICES.get(&svc_key) }).copied()?;
+        let again = (unsafe { SERVICES.get(svc_key) }).copied()?;
         if again.count == 0 {
             return None;
         }
@@ -90,36 +109,90 @@ fn handle(ctx: &TcContext) -> Result<i32, ()> {
         return Ok(TC_ACT_SHOT);
     };
 
-    track(&flow, &fwd_key, &backend, backend_id, svc.id, now);
+    track(&flow, &fwd_key, &backend, backend_id, &svc, now);
     nat::rewrite_destination(ctx, &flow, backend.addr, backend.port)?;
     count(stat::DNAT_NEW_FLOW);
     Ok(TC_ACT_OK)
+}
+
+/// The frontend entry serving this packet's client, if the packet is for a frontend.
+#[inline(always)]
+fn frontend(flow: &Flow) -> Option<(ServiceKey, ServiceValue)> {
+    let key = ServiceKey::new(flow.daddr, flow.dport, flow.proto);
+    // SAFETY: the value is copied out at once, so a concurrent replacement by the controller
+    // (the map is not preallocated, elements are freed after an RCU grace period) cannot
+    // change it under us.
+    let svc = (unsafe { SERVICES.get(key) }).copied()?;
+    if svc.flags & service_flags::SPLIT_SCOPES == 0 {
+        return Some((key, svc));
+    }
+    let client_scope = if is_local_source(flow.saddr) {
+        scope::INTERNAL
+    } else {
+        scope::EXTERNAL
+    };
+    let key = key.with_scope(client_scope);
+    let svc = (unsafe { SERVICES.get(key) }).copied()?;
+    Some((key, svc))
+}
+
+/// Records on the forward entry that the backend answered (or is closing), so its lifetime
+/// follows the connection's progress.
+#[inline(always)]
+fn mark_forward_entry(reply: &Flow, reply_entry: &CtValue, now: u64) {
+    let key = CtKey {
+        saddr: reply.daddr,
+        daddr: reply_entry.nat_addr,
+        sport: reply.dport,
+        dport: reply_entry.nat_port,
+        proto: reply.proto,
+        dir: ct_dir::FORWARD,
+        _pad: 0,
+    };
+    if let Some(forward) = CONNTRACK.get_ptr_mut(key) {
+        // SAFETY: as for the reply entry above.
+        let forward = unsafe { &mut *forward };
+        forward.flags |= ct_flags::SEEN_REPLY | (reply_entry.flags & ct_flags::CLOSING);
+        forward.last_seen_ns = now;
+    }
 }
 
 /// A random backend of the frontend's live bank, if its slot and backend entries exist.
 #[inline(always)]
 fn select(svc: &ServiceValue) -> Option<(u32, Backend)> {
     let index = unsafe { bpf_get_prandom_u32() } % svc.count;
-    let backend_id = (unsafe { SLOTS.get(&SlotKey::new(svc.id, svc.bank, index)) }).copied()?;
-    let backend = (unsafe { BACKENDS.get(&backend_id) }).copied()?;
+    let backend_id = (unsafe { SLOTS.get(SlotKey::new(svc.id, svc.bank, index)) }).copied()?;
+    let backend = (unsafe { BACKENDS.get(backend_id) }).copied()?;
     Some((backend_id, backend))
 }
 
 fn backend_still_serves(entry: &CtValue) -> bool {
-    match unsafe { BACKENDS.get(&entry.backend_id) } {
+    match unsafe { BACKENDS.get(entry.backend_id) } {
         Some(b) => b.addr == entry.nat_addr && b.port == entry.nat_port,
         None => false,
     }
 }
 
 /// Records both directions of a new flow so later packets and replies skip selection.
-fn track(flow: &Flow, fwd_key: &CtKey, backend: &Backend, backend_id: u32, svc_id: u32, now: u64) {
+fn track(
+    flow: &Flow,
+    fwd_key: &CtKey,
+    backend: &Backend,
+    backend_id: u32,
+    svc: &ServiceValue,
+    now: u64,
+) {
+    let flags = if svc.flags & service_flags::ROUTE_REPLIES != 0 {
+        ct_flags::ROUTE_REPLIES
+    } else {
+        0
+    };
     let forward = CtValue {
         nat_addr: backend.addr,
         nat_port: backend.port,
-        flags: 0,
+        flags,
         backend_id,
-        service_id: svc_id,
+        service_id: svc.id,
         last_seen_ns: now,
     };
     let reply_key = CtKey {
@@ -137,8 +210,8 @@ fn track(flow: &Flow, fwd_key: &CtKey, backend: &Backend, backend_id: u32, svc_i
         ..forward
     };
     // A failed insert still lets this packet through; the next packet retries the insert.
-    if CONNTRACK.insert(&reply_key, &reply, 0).is_err()
-        || CONNTRACK.insert(fwd_key, &forward, 0).is_err()
+    if CONNTRACK.insert(reply_key, reply, 0).is_err()
+        || CONNTRACK.insert(fwd_key, forward, 0).is_err()
     {
         count(stat::CT_INSERT_FAILED);
     }

@@ -3,9 +3,11 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
 };
-use proxy_common::{Backend, CtKey, CtValue, ServiceKey, ServiceValue, SlotKey, capacity, stat};
+use proxy_common::{
+    Backend, CtKey, CtValue, DatapathConfig, ServiceKey, ServiceValue, SlotKey, capacity, stat,
+};
 
 // Service, slot and backend maps are not preallocated: a preallocated hash map recycles a
 // replaced element at once, so a reader could see another key's value. Without prealloc the
@@ -27,6 +29,19 @@ pub static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(capacity::
 
 #[map(name = "SLUICE_STATS")]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(stat::COUNT, 0);
+
+#[map(name = "SLUICE_CONFIG")]
+pub static CONFIG: Array<DatapathConfig> = Array::pinned(1, 0);
+
+/// Source prefixes of local (pod) traffic, for Services whose scopes differ. Keys are IPv4
+/// addresses in network byte order; the value is unused.
+#[map(name = "SLUICE_LOCAL4")]
+pub static LOCAL_SOURCES: LpmTrie<u32, u8> = LpmTrie::pinned(capacity::LOCAL_SOURCES, 0);
+
+#[inline(always)]
+pub fn is_local_source(addr: u32) -> bool {
+    LOCAL_SOURCES.get(Key::new(32, addr)).is_some()
+}
 
 #[inline(always)]
 pub fn count(index: u32) {

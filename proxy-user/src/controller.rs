@@ -244,10 +244,6 @@ impl Controller {
                 Unserved::Ipv6 => {
                     format!("{key}: IPv6 frontends are not served by this datapath yet")
                 }
-                Unserved::ExternalScope => format!(
-                    "{key}: externalTrafficPolicy: Local is not honoured yet; external clients \
-                     get the cluster-wide endpoints"
-                ),
             })
             .collect();
         for line in now.difference(&self.last_unserved) {

@@ -6,7 +6,7 @@ use sluice::{
     cli::{Cli, Command, RunArgs},
     config::{self, Config},
     controller::{self, Controller, SyncSettings},
-    dataplane::{loader, maps::PinnedMaps},
+    dataplane::{loader, maps::PinnedMaps, settings::datapath_settings},
     model::NodeContext,
     observe::{self, Observer, Servers},
     source::{Inputs, kube, manifests},
@@ -66,7 +66,15 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     if config.interfaces.is_empty() {
         bail!("no interface to attach to: pass --interface IFACE or set `interfaces`");
     }
-    let datapath = loader::load(&config.pin_path, &config.interfaces, config.maps)?;
+    let mut datapath = loader::load(&config.pin_path, &config.interfaces, config.maps)?;
+    let datapath_settings = datapath_settings(&config);
+    for warning in &datapath_settings.warnings {
+        warn!("{warning}");
+    }
+    datapath
+        .maps
+        .configure(&datapath_settings)
+        .context("writing the datapath's settings (SLUICE_CONFIG, SLUICE_LOCAL4)")?;
     let node_name = kube::node_name(config.hostname_override.as_deref())?;
     let node_addresses = if args.node_addresses.is_empty() {
         interface_addresses(&config.interfaces)?

@@ -99,5 +99,21 @@ fn test() -> anyhow::Result<()> {
     // The default members are the host crates; the eBPF crate only builds for the BPF target
     // (through proxy-user's build.rs), so `--workspace` must not be used here.
     run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+    // The datapath crate builds only for the BPF target, with nightly's build-std.
+    run(Command::new("cargo")
+        .current_dir("proxy-ebpf")
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("CARGO")
+        .args([
+            "+nightly",
+            "clippy",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
     run(cargo().args(["test", "--no-fail-fast"]))
 }

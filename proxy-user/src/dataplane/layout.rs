@@ -2,9 +2,9 @@
 
 use std::{collections::BTreeMap, net::IpAddr};
 
-use proxy_common::{Backend, ServiceKey, algorithm};
+use proxy_common::{Backend, ServiceKey, algorithm, scope, service_flags};
 
-use crate::model::{DesiredState, FrontendKey, Scope};
+use crate::model::{DesiredState, EmptyAction, Frontend, FrontendKey, Scope};
 
 /// What one frontend should look like in the maps, before ids are assigned.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -12,6 +12,8 @@ pub struct FrontendEntry {
     /// Backends in slot order.
     pub backends: Vec<Backend>,
     pub algorithm: u8,
+    /// [`service_flags`] other than `PRESENT`, which the planner adds.
+    pub flags: u16,
 }
 
 pub type DesiredMaps = BTreeMap<ServiceKey, FrontendEntry>;
@@ -21,53 +23,88 @@ pub type DesiredMaps = BTreeMap<ServiceKey, FrontendEntry>;
 pub enum Unserved {
     /// The datapath serves IPv4 only so far.
     Ipv6,
-    /// The datapath has one scope per address so far: a frontend whose external traffic
-    /// should see other endpoints than its internal traffic (externalTrafficPolicy: Local)
-    /// is served with its internal, cluster-wide set.
-    ExternalScope,
 }
 
 /// Map contents for every frontend the IPv4 datapath can serve, plus the frontends it cannot
 /// (yet) serve, so the caller can report them.
+///
+/// A frontend the model emits once ([`Scope::Both`]) is one entry of scope `ANY`. One emitted
+/// per scope (its traffic policies give internal and external clients different endpoints)
+/// becomes an entry per scope plus an `ANY` entry flagged `SPLIT_SCOPES` that sends the
+/// datapath to them.
 pub fn desired_maps(state: &DesiredState) -> (DesiredMaps, Vec<(FrontendKey, Unserved)>) {
     let mut maps = DesiredMaps::new();
     let mut unsupported = Vec::new();
     for frontend in state.frontends() {
-        if frontend.key.scope == Scope::External {
-            unsupported.push((frontend.key, Unserved::ExternalScope));
-            continue;
-        }
-        let (IpAddr::V4(vip), proto) = (frontend.key.ip, frontend.key.protocol.number()) else {
+        let Some(key) = service_key(&frontend.key) else {
             unsupported.push((frontend.key, Unserved::Ipv6));
             continue;
         };
-        let key = ServiceKey::new(
-            u32::from_ne_bytes(vip.octets()),
-            frontend.key.port.to_be(),
-            proto,
-        );
-        let backends = frontend
-            .endpoints
-            .iter()
-            .filter_map(|ep| match ep.ip {
-                IpAddr::V4(ip) => Some(Backend {
-                    addr: u32::from_ne_bytes(ip.octets()),
-                    port: ep.port.to_be(),
-                    proto,
-                    flags: 0,
-                }),
-                IpAddr::V6(_) => None,
-            })
-            .collect();
-        maps.insert(
-            key,
-            FrontendEntry {
-                backends,
-                algorithm: algorithm::RANDOM,
-            },
-        );
+        let entry = frontend_entry(frontend);
+        match frontend.key.scope {
+            Scope::Both => {
+                maps.insert(key, entry);
+            }
+            Scope::Internal | Scope::External => {
+                let scope = if frontend.key.scope == Scope::Internal {
+                    scope::INTERNAL
+                } else {
+                    scope::EXTERNAL
+                };
+                maps.insert(
+                    key,
+                    FrontendEntry {
+                        backends: Vec::new(),
+                        algorithm: entry.algorithm,
+                        flags: service_flags::SPLIT_SCOPES,
+                    },
+                );
+                maps.insert(key.with_scope(scope), entry);
+            }
+        }
     }
     (maps, unsupported)
+}
+
+/// The `ANY`-scope map key of an IPv4 frontend.
+fn service_key(key: &FrontendKey) -> Option<ServiceKey> {
+    let IpAddr::V4(vip) = key.ip else {
+        return None;
+    };
+    Some(ServiceKey::new(
+        u32::from_ne_bytes(vip.octets()),
+        key.port.to_be(),
+        key.protocol.number(),
+    ))
+}
+
+fn frontend_entry(frontend: &Frontend) -> FrontendEntry {
+    let proto = frontend.key.protocol.number();
+    let backends = frontend
+        .endpoints
+        .iter()
+        .filter_map(|ep| match ep.ip {
+            IpAddr::V4(ip) => Some(Backend {
+                addr: u32::from_ne_bytes(ip.octets()),
+                port: ep.port.to_be(),
+                proto,
+                flags: 0,
+            }),
+            IpAddr::V6(_) => None,
+        })
+        .collect();
+    let mut flags = match frontend.on_empty {
+        EmptyAction::Reject => 0,
+        EmptyAction::Drop => service_flags::DROP_WHEN_EMPTY,
+    };
+    if frontend.kind.is_external() {
+        flags |= service_flags::ROUTE_REPLIES;
+    }
+    FrontendEntry {
+        backends,
+        algorithm: algorithm::RANDOM,
+        flags,
+    }
 }
 
 #[cfg(test)]
@@ -78,9 +115,10 @@ mod tests {
     use crate::model::NodeContext;
 
     /// An eTP=Local NodePort Service on a node with one of its two endpoints: internal and
-    /// external traffic want different sets, and the map serves the internal (cluster) one.
+    /// external traffic want different sets, so the NodePort gets an entry per scope behind a
+    /// split marker, while the ClusterIP (internal traffic only) stays one entry.
     #[test]
-    fn split_scopes_serve_the_cluster_wide_set_and_report_the_external_one() {
+    fn split_scopes_get_an_entry_each_behind_a_split_marker() {
         let svc: Service = serde_yaml::from_str(
             "metadata: {name: web, namespace: default}\nspec:\n  type: NodePort\n  externalTrafficPolicy: Local\n  clusterIP: 10.96.0.10\n  ports: [{port: 80, nodePort: 30080}]\n",
         )
@@ -93,9 +131,66 @@ mod tests {
         let state = DesiredState::build(&[svc], &[slice], &node);
         let (maps, unserved) = desired_maps(&state);
         let node_port = ServiceKey::new(u32::from_ne_bytes([192, 0, 2, 1]), 30080u16.to_be(), 6);
-        assert_eq!(maps[&node_port].backends.len(), 2, "cluster-wide set");
-        assert_eq!(unserved.len(), 1);
-        assert_eq!(unserved[0].1, Unserved::ExternalScope);
-        assert_eq!(maps.len(), 2, "ClusterIP and NodePort");
+        assert_eq!(maps[&node_port].flags, service_flags::SPLIT_SCOPES);
+        assert!(maps[&node_port].backends.is_empty());
+        let internal = &maps[&node_port.with_scope(scope::INTERNAL)];
+        let external = &maps[&node_port.with_scope(scope::EXTERNAL)];
+        assert_eq!(internal.backends.len(), 2, "cluster-wide set");
+        assert_eq!(external.backends.len(), 1, "node-local set");
+        assert_eq!(external.backends[0].addr, u32::from_ne_bytes([10, 0, 0, 1]));
+        assert!(unserved.is_empty());
+        let cluster_ip = ServiceKey::new(u32::from_ne_bytes([10, 96, 0, 10]), 80u16.to_be(), 6);
+        assert_eq!(
+            maps[&cluster_ip].flags, 0,
+            "ClusterIP replies go through the stack"
+        );
+        assert_eq!(internal.flags, service_flags::ROUTE_REPLIES);
+        assert_eq!(
+            maps.len(),
+            4,
+            "ClusterIP, and NodePort as marker + two scopes"
+        );
+    }
+
+    /// eTP=Local on a node with no endpoint of a Service that has some elsewhere: external
+    /// clients are dropped (not refused); internal ones get the cluster-wide set.
+    #[test]
+    fn external_scope_without_local_endpoints_drops() {
+        let svc: Service = serde_yaml::from_str(
+            "metadata: {name: web, namespace: default}\nspec:\n  type: NodePort\n  externalTrafficPolicy: Local\n  clusterIP: 10.96.0.10\n  ports: [{port: 80, nodePort: 30080}]\n",
+        )
+        .unwrap();
+        let slice: EndpointSlice = serde_yaml::from_str(
+            "metadata:\n  name: web-1\n  namespace: default\n  labels: {kubernetes.io/service-name: web}\naddressType: IPv4\nports: [{port: 8080}]\nendpoints:\n  - {addresses: [10.0.0.2], nodeName: there}\n",
+        )
+        .unwrap();
+        let node = NodeContext::new(Some("here".into()), vec!["192.0.2.1".parse().unwrap()]);
+        let state = DesiredState::build(&[svc], &[slice], &node);
+        let (maps, _) = desired_maps(&state);
+        let node_port = ServiceKey::new(u32::from_ne_bytes([192, 0, 2, 1]), 30080u16.to_be(), 6);
+        let external = &maps[&node_port.with_scope(scope::EXTERNAL)];
+        assert!(external.backends.is_empty());
+        assert_eq!(
+            external.flags,
+            service_flags::DROP_WHEN_EMPTY | service_flags::ROUTE_REPLIES
+        );
+        assert_eq!(
+            maps[&node_port.with_scope(scope::INTERNAL)].flags,
+            service_flags::ROUTE_REPLIES
+        );
+    }
+
+    /// No endpoint anywhere: refused (the default), never dropped.
+    #[test]
+    fn no_endpoints_anywhere_refuses() {
+        let svc: Service = serde_yaml::from_str(
+            "metadata: {name: web, namespace: default}\nspec:\n  clusterIP: 10.96.0.10\n  ports: [{port: 80}]\n",
+        )
+        .unwrap();
+        let state = DesiredState::build(&[svc], &[], &NodeContext::default());
+        let (maps, _) = desired_maps(&state);
+        let entry = maps.values().next().unwrap();
+        assert!(entry.backends.is_empty());
+        assert_eq!(entry.flags, 0);
     }
 }

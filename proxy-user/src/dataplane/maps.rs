@@ -8,11 +8,17 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray};
-use proxy_common::{Backend, CtKey, CtValue, ServiceKey, ServiceValue, SlotKey, map_names, stat};
+use aya::maps::{
+    Array, HashMap, Map, MapData, MapError, PerCpuArray,
+    lpm_trie::{Key as LpmKey, LpmTrie},
+};
+use proxy_common::{
+    Backend, CtKey, CtValue, DatapathConfig, ServiceKey, ServiceValue, SlotKey, map_names, stat,
+};
 
 use super::{
     plan::{MapStore, Op, StoreError},
+    settings::DatapathSettings,
     snapshot::Snapshot,
 };
 
@@ -41,6 +47,8 @@ pub struct PinnedMaps {
     pub backends: HashMap<MapData, u32, Backend>,
     pub conntrack: HashMap<MapData, CtKey, CtValue>,
     pub stats: PerCpuArray<MapData, u64>,
+    pub config: Array<MapData, DatapathConfig>,
+    pub local_sources: LpmTrie<MapData, u32, u8>,
 }
 
 fn open(dir: &Path, name: &str) -> Result<MapData, OpenError> {
@@ -80,7 +88,38 @@ impl PinnedMaps {
                 .map_err(other(dir, CONNTRACK))?,
             stats: PerCpuArray::try_from(Map::PerCpuArray(open(dir, STATS)?))
                 .map_err(other(dir, STATS))?,
+            config: Array::try_from(Map::Array(open(dir, CONFIG)?)).map_err(other(dir, CONFIG))?,
+            local_sources: LpmTrie::try_from(Map::LpmTrie(open(dir, LOCAL_SOURCES)?))
+                .map_err(other(dir, LOCAL_SOURCES))?,
         })
+    }
+
+    /// Writes the run-time settings: lifetimes first, then the local prefixes, adding the new
+    /// ones before removing the stale so no local client is ever briefly external.
+    pub fn configure(&mut self, settings: &DatapathSettings) -> Result<(), MapError> {
+        self.config.set(0, settings.lifetimes, 0)?;
+        let wanted: Vec<LpmKey<u32>> = settings
+            .local_sources
+            .iter()
+            .map(|&(net, len)| LpmKey::new(u32::from(len), net))
+            .collect();
+        for key in &wanted {
+            self.local_sources.insert(key, 1, 0)?;
+        }
+        let stale: Vec<LpmKey<u32>> = self
+            .local_sources
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| {
+                !wanted
+                    .iter()
+                    .any(|w| w.prefix_len() == k.prefix_len() && w.data() == k.data())
+            })
+            .collect();
+        for key in &stale {
+            self.local_sources.remove(key)?;
+        }
+        Ok(())
     }
 
     /// Reads the service, slot and backend maps. Entries that vanish while being read are

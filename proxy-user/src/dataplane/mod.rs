@@ -6,4 +6,5 @@ mod link_detach;
 pub mod loader;
 pub mod maps;
 pub mod plan;
+pub mod settings;
 pub mod snapshot;

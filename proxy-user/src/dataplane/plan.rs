@@ -87,7 +87,7 @@ pub fn plan_updates(current: &Snapshot, desired: &DesiredMaps) -> Vec<Group> {
             count,
             bank,
             algorithm: entry.algorithm,
-            flags: service_flags::PRESENT,
+            flags: service_flags::PRESENT | entry.flags,
             _pad: 0,
         };
         if existing != Some(&value) {

@@ -35,7 +35,7 @@ pub const SKIP_REASONS: [&str; 6] = [
 /// The datapath's `SLUICE_STATS` indexes and their `counter` label in
 /// `sluice_datapath_packets_total`: pass `(name, PinnedMaps::counter(index))` pairs to
 /// [`Metrics::set_datapath_counters`].
-pub const DATAPATH_COUNTERS: [(u32, &str); 7] = [
+pub const DATAPATH_COUNTERS: [(u32, &str); 13] = [
     (stat::PACKETS_SEEN, "packets_seen"),
     (stat::DNAT_NEW_FLOW, "dnat_new_flow"),
     (stat::DNAT_TRACKED, "dnat_tracked"),
@@ -43,6 +43,12 @@ pub const DATAPATH_COUNTERS: [(u32, &str); 7] = [
     (stat::DROP_NO_BACKEND, "drop_no_backend"),
     (stat::DROP_BAD_SLOT, "drop_bad_slot"),
     (stat::CT_INSERT_FAILED, "ct_insert_failed"),
+    (stat::REJECT_TCP, "reject_tcp"),
+    (stat::REJECT_UDP, "reject_udp"),
+    (stat::DROP_LOCAL_POLICY, "drop_local_policy"),
+    (stat::ICMP_ERROR_RNAT, "icmp_error_rnat"),
+    (stat::CT_EXPIRED, "ct_expired"),
+    (stat::DROP_UNREJECTABLE, "drop_unrejectable"),
 ];
 
 /// The maps the controller writes; their apply-error series start at zero.

@@ -31,6 +31,7 @@ fn desired(entries: &[(u8, &[u8])]) -> DesiredMaps {
                 FrontendEntry {
                     backends: bs.iter().map(|b| backend(*b)).collect(),
                     algorithm: algorithm::RANDOM,
+                    flags: 0,
                 },
             )
         })
@@ -219,6 +220,7 @@ fn arb_desired() -> impl Strategy<Value = DesiredMaps> {
                     FrontendEntry {
                         backends: bs.into_iter().map(backend).collect(),
                         algorithm: algorithm::RANDOM,
+                        flags: 0,
                     },
                 )
             })
