@@ -89,6 +89,8 @@ pub mod service_flags {
     /// IPs): replies are routed by the datapath, since the stack drops packets arriving with
     /// one of its own addresses as source.
     pub const ROUTE_REPLIES: u16 = 1 << 3;
+    /// Clients outside the cluster (not in `SLUICE_LOCAL4`) are source-NATed to the node.
+    pub const MASQUERADE_EXTERNAL: u16 = 1 << 4;
 }
 
 /// The master entry of a frontend.
@@ -173,6 +175,16 @@ pub mod ct_flags {
     pub const CLOSING: u16 = 1 << 1;
     /// Replies are routed by the datapath (see `service_flags::ROUTE_REPLIES`).
     pub const ROUTE_REPLIES: u16 = 1 << 2;
+    /// The flow is source-NATed: `rev_addr:rev_port` is the node's address and port on a
+    /// forward entry, the client's on a reply entry.
+    pub const SNAT: u16 = 1 << 3;
+}
+
+/// Source ports the datapath allocates for source NAT: below the NodePort range and the
+/// kernel's ephemeral ports, so they collide with neither.
+pub mod snat_ports {
+    pub const MIN: u16 = 10_000;
+    pub const MAX: u16 = 29_999;
 }
 
 /// What to rewrite for a tracked flow.
@@ -189,6 +201,10 @@ pub struct CtValue {
     pub service_id: u32,
     /// bpf_ktime_get_ns() of the last packet seen.
     pub last_seen_ns: u64,
+    /// With [`ct_flags::SNAT`]: the other address/port to rewrite (see there).
+    pub rev_addr: u32,
+    pub rev_port: u16,
+    pub _pad: u16,
 }
 
 /// Indexes into the global per-CPU counter array.
@@ -213,6 +229,10 @@ pub mod stat {
     pub const CT_EXPIRED: u32 = 11;
     /// A refusal could not be built (IP options, a reset answering a reset): dropped instead.
     pub const DROP_UNREJECTABLE: u32 = 12;
+    /// New flows source-NATed to a node address (external clients, hairpin).
+    pub const SNAT_NEW_FLOW: u32 = 13;
+    /// New flows dropped: no route to the backend, or no free source port.
+    pub const DROP_SNAT_FAILED: u32 = 14;
     pub const COUNT: u32 = 16;
 }
 
@@ -236,6 +256,8 @@ pub struct DatapathConfig {
 pub mod config_flags {
     /// `SLUICE_CONFIG` was written: without it the datapath uses built-in lifetimes.
     pub const SET: u64 = 1 << 0;
+    /// kube-proxy's `masqueradeAll`: source-NAT every new flow.
+    pub const MASQUERADE_ALL: u64 = 1 << 1;
 }
 
 /// Built-in conntrack lifetimes, as the kernel's netfilter defaults.

@@ -44,11 +44,14 @@ fn lifetime(cfg: &DatapathConfig, proto: u8, flags: u16) -> u64 {
 /// a port reused long after is not tied to a backend chosen for someone else.
 #[inline(always)]
 pub fn still_valid(entry: &CtValue, flow: &Flow, now: u64, cfg: &DatapathConfig) -> bool {
-    let age = now.saturating_sub(entry.last_seen_ns);
-    if age > lifetime(cfg, flow.proto, entry.flags) {
-        return false;
-    }
-    !(flow.is_syn() && entry.flags & ct_flags::CLOSING != 0)
+    !expired(entry, flow.proto, now, cfg)
+        && !(flow.is_syn() && entry.flags & ct_flags::CLOSING != 0)
+}
+
+/// Whether an entry has outlived its lifetime: nothing may rely on it any more.
+#[inline(always)]
+pub fn expired(entry: &CtValue, proto: u8, now: u64, cfg: &DatapathConfig) -> bool {
+    now.saturating_sub(entry.last_seen_ns) > lifetime(cfg, proto, entry.flags)
 }
 
 /// Updates an entry for a packet of its own direction.

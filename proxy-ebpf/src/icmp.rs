@@ -57,6 +57,7 @@ pub fn reverse_nat_error(ctx: &TcContext, l4_off: usize) -> Result<i32, ()> {
     let icmp_csum = l4_off + 2;
     if let Some(entry) = unsafe { CONNTRACK.get(key) } {
         let (vip, vip_port, flags) = (entry.nat_addr, entry.nat_port, entry.flags);
+        let (client, client_port) = (entry.rev_addr, entry.rev_port);
         let mut outer_saddr: u32 = ctx.load(IPV4_SADDR_OFF).map_err(|_| ())?;
         if outer_saddr == q_daddr {
             replace_outer(ctx, IPV4_SADDR_OFF, q_daddr, vip)?;
@@ -64,23 +65,44 @@ pub fn reverse_nat_error(ctx: &TcContext, l4_off: usize) -> Result<i32, ()> {
         }
         replace_quoted(ctx, icmp_csum, inner, inner + 16, q_daddr, vip)?;
         replace_port(ctx, icmp_csum, inner_l4 + 2, q_dport, vip_port)?;
+        let mut outer_daddr: u32 = ctx.load(IPV4_DADDR_OFF).map_err(|_| ())?;
+        if flags & ct_flags::SNAT != 0 {
+            // Masqueraded: the quote's source and the error's destination are the node's
+            // address; the client's go back.
+            if outer_daddr == q_saddr {
+                replace_outer(ctx, IPV4_DADDR_OFF, q_saddr, client)?;
+                outer_daddr = client;
+            }
+            replace_quoted(ctx, icmp_csum, inner, inner + 12, q_saddr, client)?;
+            replace_port(ctx, icmp_csum, inner_l4, q_sport, client_port)?;
+        }
         count(stat::ICMP_ERROR_RNAT);
         if flags & ct_flags::ROUTE_REPLIES != 0 {
-            let outer_daddr: u32 = ctx.load(IPV4_DADDR_OFF).map_err(|_| ())?;
             return Ok(route::forward(ctx, outer_saddr, outer_daddr));
         }
         return Ok(TC_ACT_OK);
     }
     key.dir = ct_dir::FORWARD;
     if let Some(entry) = unsafe { CONNTRACK.get(key) } {
-        let (backend, backend_port) = (entry.nat_addr, entry.nat_port);
-        let outer_daddr: u32 = ctx.load(IPV4_DADDR_OFF).map_err(|_| ())?;
+        let (backend, backend_port, flags) = (entry.nat_addr, entry.nat_port, entry.flags);
+        let (node, node_port) = (entry.rev_addr, entry.rev_port);
+        let mut outer_daddr: u32 = ctx.load(IPV4_DADDR_OFF).map_err(|_| ())?;
         if outer_daddr == q_saddr {
             replace_outer(ctx, IPV4_DADDR_OFF, q_saddr, backend)?;
+            outer_daddr = backend;
         }
         replace_quoted(ctx, icmp_csum, inner, inner + 12, q_saddr, backend)?;
         replace_port(ctx, icmp_csum, inner_l4, q_sport, backend_port)?;
         count(stat::ICMP_ERROR_RNAT);
+        if flags & ct_flags::SNAT != 0 {
+            // The backend knows the flow by the node's address, which the error now comes
+            // from; a packet from a node address must be routed here, not by the stack.
+            let outer_saddr: u32 = ctx.load(IPV4_SADDR_OFF).map_err(|_| ())?;
+            replace_outer(ctx, IPV4_SADDR_OFF, outer_saddr, node)?;
+            replace_quoted(ctx, icmp_csum, inner, inner + 16, q_daddr, node)?;
+            replace_port(ctx, icmp_csum, inner_l4 + 2, q_dport, node_port)?;
+            return Ok(route::forward(ctx, node, outer_daddr));
+        }
     }
     Ok(TC_ACT_OK)
 }

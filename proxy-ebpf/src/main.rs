@@ -9,6 +9,7 @@ mod nat;
 mod packet;
 mod reject;
 mod route;
+mod snat;
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
@@ -59,9 +60,14 @@ fn handle(ctx: &TcContext) -> Result<i32, ()> {
             mark_forward_entry(&flow, entry, now);
         }
         nat::rewrite_source(ctx, &flow, entry.nat_addr, entry.nat_port)?;
+        let mut client = flow.daddr;
+        if entry.flags & ct_flags::SNAT != 0 {
+            nat::rewrite_destination(ctx, &flow, entry.rev_addr, entry.rev_port)?;
+            client = entry.rev_addr;
+        }
         count(stat::REVERSE_NAT);
         if entry.flags & ct_flags::ROUTE_REPLIES != 0 {
-            return Ok(route::forward(ctx, entry.nat_addr, flow.daddr));
+            return Ok(route::forward(ctx, entry.nat_addr, client));
         }
         return Ok(TC_ACT_OK);
     }
@@ -88,6 +94,10 @@ fn handle(ctx: &TcContext) -> Result<i32, ()> {
             conntrack::touch(entry, &flow, now);
             nat::rewrite_destination(ctx, &flow, entry.nat_addr, entry.nat_port)?;
             count(stat::DNAT_TRACKED);
+            if entry.flags & ct_flags::SNAT != 0 {
+                nat::rewrite_source(ctx, &flow, entry.rev_addr, entry.rev_port)?;
+                return Ok(route::forward(ctx, entry.rev_addr, entry.nat_addr));
+            }
             return Ok(TC_ACT_OK);
         }
         // Expired, or the backend this flow was pinned to is gone: choose again rather than
@@ -109,6 +119,9 @@ fn handle(ctx: &TcContext) -> Result<i32, ()> {
         return Ok(TC_ACT_SHOT);
     };
 
+    if snat::needed(&flow, &svc, &backend) {
+        return snat::new_flow(ctx, &flow, &fwd_key, &backend, backend_id, &svc, now);
+    }
     track(&flow, &fwd_key, &backend, backend_id, &svc, now);
     nat::rewrite_destination(ctx, &flow, backend.addr, backend.port)?;
     count(stat::DNAT_NEW_FLOW);
@@ -140,10 +153,17 @@ fn frontend(flow: &Flow) -> Option<(ServiceKey, ServiceValue)> {
 /// follows the connection's progress.
 #[inline(always)]
 fn mark_forward_entry(reply: &Flow, reply_entry: &CtValue, now: u64) {
+    // A masqueraded flow's client is not the reply's destination (a node address) but the
+    // one the reply entry remembers.
+    let (client, client_port) = if reply_entry.flags & ct_flags::SNAT != 0 {
+        (reply_entry.rev_addr, reply_entry.rev_port)
+    } else {
+        (reply.daddr, reply.dport)
+    };
     let key = CtKey {
-        saddr: reply.daddr,
+        saddr: client,
         daddr: reply_entry.nat_addr,
-        sport: reply.dport,
+        sport: client_port,
         dport: reply_entry.nat_port,
         proto: reply.proto,
         dir: ct_dir::FORWARD,
@@ -194,6 +214,9 @@ fn track(
         backend_id,
         service_id: svc.id,
         last_seen_ns: now,
+        rev_addr: 0,
+        rev_port: 0,
+        _pad: 0,
     };
     let reply_key = CtKey {
         saddr: backend.addr,

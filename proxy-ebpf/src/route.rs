@@ -31,11 +31,22 @@ pub fn forward(ctx: &TcContext, saddr: u32, daddr: u32) -> i32 {
 }
 
 fn try_forward(ctx: &TcContext, saddr: u32, daddr: u32) -> Result<i32, ()> {
-    // TTL and protocol share one 16-bit word of the header, which is what the checksum sees.
-    let ttl_proto: [u8; 2] = ctx.load(TTL_OFF).map_err(|_| ())?;
-    if ttl_proto[0] <= 1 {
-        return Ok(TC_ACT_OK);
+    match lookup(ctx, saddr, daddr, 0)? {
+        Some(next_hop) => send(ctx, &next_hop),
+        None => Ok(TC_ACT_OK),
     }
+}
+
+/// Where the FIB sends a packet from `saddr` (0: any) to `daddr`, if it is forwarded at all.
+/// With `BPF_FIB_LOOKUP_SRC` in `flags` the result's `ipv4_src` is the address the node
+/// would use as source toward `daddr`.
+#[inline(always)]
+pub fn lookup(
+    ctx: &TcContext,
+    saddr: u32,
+    daddr: u32,
+    flags: u32,
+) -> Result<Option<bpf_fib_lookup>, ()> {
     let tot_len = u16::from_be(ctx.load::<u16>(ETH_HLEN + 2).map_err(|_| ())?);
     // SAFETY: an all-zero bpf_fib_lookup is a valid input (plain integers and unions of them).
     let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
@@ -51,11 +62,28 @@ fn try_forward(ctx: &TcContext, saddr: u32, daddr: u32) -> Result<i32, ()> {
             ctx.skb.skb.cast(),
             &mut params,
             core::mem::size_of::<bpf_fib_lookup>() as i32,
-            0,
+            flags,
         )
     };
     let ret = u32::try_from(ret).map_err(|_| ())?;
-    if ret != BPF_FIB_LKUP_RET_SUCCESS && ret != BPF_FIB_LKUP_RET_NO_NEIGH {
+    if ret == BPF_FIB_LKUP_RET_SUCCESS {
+        Ok(Some(params))
+    } else if ret == BPF_FIB_LKUP_RET_NO_NEIGH {
+        // Marked by an all-zero destination MAC: `send` lets the kernel resolve it.
+        params.dmac = [0; 6];
+        Ok(Some(params))
+    } else {
+        Ok(None)
+    }
+}
+
+/// Sends the packet to the next hop `lookup` found, decrementing its TTL as a router does.
+/// A packet whose TTL runs out is left to the stack, which answers with time exceeded.
+#[inline(always)]
+pub fn send(ctx: &TcContext, next_hop: &bpf_fib_lookup) -> Result<i32, ()> {
+    // TTL and protocol share one 16-bit word of the header, which is what the checksum sees.
+    let ttl_proto: [u8; 2] = ctx.load(TTL_OFF).map_err(|_| ())?;
+    if ttl_proto[0] <= 1 {
         return Ok(TC_ACT_OK);
     }
     let decremented = [ttl_proto[0] - 1, ttl_proto[1]];
@@ -67,15 +95,14 @@ fn try_forward(ctx: &TcContext, saddr: u32, daddr: u32) -> Result<i32, ()> {
     )
     .map_err(|_| ())?;
     ctx.store(TTL_OFF, &decremented, 0).map_err(|_| ())?;
-    let verdict = if ret == BPF_FIB_LKUP_RET_SUCCESS {
-        ctx.store(0, &params.dmac, 0).map_err(|_| ())?;
-        ctx.store(6, &params.smac, 0).map_err(|_| ())?;
+    let verdict = if next_hop.dmac != [0; 6] {
+        ctx.store(0, &next_hop.dmac, 0).map_err(|_| ())?;
+        ctx.store(6, &next_hop.smac, 0).map_err(|_| ())?;
         // SAFETY: plain helper call; 0 = the device's egress.
-        unsafe { bpf_redirect(params.ifindex, 0) }
+        unsafe { bpf_redirect(next_hop.ifindex, 0) }
     } else {
-        // The next hop's MAC is not known yet: the kernel resolves it and sends.
         // SAFETY: plain helper call; no explicit next hop.
-        unsafe { bpf_redirect_neigh(params.ifindex, core::ptr::null_mut(), 0, 0) }
+        unsafe { bpf_redirect_neigh(next_hop.ifindex, core::ptr::null_mut(), 0, 0) }
     };
     Ok(if verdict == i64::from(TC_ACT_REDIRECT) {
         TC_ACT_REDIRECT

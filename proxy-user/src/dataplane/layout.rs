@@ -100,6 +100,9 @@ fn frontend_entry(frontend: &Frontend) -> FrontendEntry {
     if frontend.kind.is_external() {
         flags |= service_flags::ROUTE_REPLIES;
     }
+    if frontend.masquerade_external {
+        flags |= service_flags::MASQUERADE_EXTERNAL;
+    }
     FrontendEntry {
         backends,
         algorithm: algorithm::RANDOM,

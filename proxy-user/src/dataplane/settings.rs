@@ -28,10 +28,19 @@ pub fn datapath_settings(config: &Config) -> DatapathSettings {
             ct.tcp_established_timeout,
             default_lifetime::TCP_ESTABLISHED_NS,
         ),
-        tcp_closing_ns: ns(ct.tcp_close_wait_timeout, default_lifetime::TCP_CLOSING_NS),
+        // After a FIN or RST the datapath cannot tell CLOSE_WAIT from TIME_WAIT, so it keeps a
+        // closing flow for TIME_WAIT's 120 s, or tcpCloseWaitTimeout if shorter: source ports
+        // of masqueraded flows are reused only once their old flow has expired.
+        tcp_closing_ns: ns(ct.tcp_close_wait_timeout, default_lifetime::TCP_CLOSING_NS)
+            .min(default_lifetime::TCP_CLOSING_NS),
         udp_ns: ns(ct.udp_timeout, default_lifetime::UDP_NS),
         udp_stream_ns: ns(ct.udp_stream_timeout, default_lifetime::UDP_STREAM_NS),
-        flags: config_flags::SET,
+        flags: config_flags::SET
+            | if config.masquerade_all {
+                config_flags::MASQUERADE_ALL
+            } else {
+                0
+            },
     };
     let mut warnings = Vec::new();
     let mut local_sources = Vec::new();
@@ -73,6 +82,13 @@ mod tests {
         let mut config = Config::default();
         config.conntrack.tcp_established_timeout = Some(Duration::from_secs(3600));
         config.conntrack.tcp_close_wait_timeout = Some(Duration::from_secs(60));
+        let mut long_close_wait = config.clone();
+        long_close_wait.conntrack.tcp_close_wait_timeout = Some(Duration::from_secs(3600));
+        assert_eq!(
+            datapath_settings(&long_close_wait).lifetimes.tcp_closing_ns,
+            120 * S,
+            "capped at TIME_WAIT's"
+        );
         config.conntrack.udp_timeout = Some(Duration::from_secs(5));
         config.conntrack.udp_stream_timeout = None;
         let s = datapath_settings(&config);

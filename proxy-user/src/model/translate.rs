@@ -101,6 +101,7 @@ fn translate(
                 on_empty: scoped.on_empty,
                 affinity_timeout: settings.affinity_timeout,
                 scheduler: settings.scheduler,
+                masquerade_external: listener.kind.is_external() && !settings.external_local,
             });
         }
     }

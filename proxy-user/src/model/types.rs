@@ -218,6 +218,10 @@ pub struct Frontend {
     pub affinity_timeout: Option<u32>,
     /// The `sluice.dev/scheduler` annotation; `None` means the configured scheduler.
     pub scheduler: Option<Scheduler>,
+    /// External clients are masqueraded to a node address, so that replies come back through
+    /// this node whichever node the endpoint is on (kube-proxy does this for every external
+    /// frontend with `externalTrafficPolicy: Cluster`; `Local` keeps the client's address).
+    pub masquerade_external: bool,
 }
 
 /// The health check kube-proxy serves for a `LoadBalancer` Service with
