@@ -14,6 +14,7 @@ pub mod map_names {
     pub const STATS: &str = "SLUICE_STATS";
     pub const CONFIG: &str = "SLUICE_CONFIG";
     pub const LOCAL_SOURCES: &str = "SLUICE_LOCAL4";
+    pub const SOURCE_RANGES: &str = "SLUICE_SRC_RANGES4";
 }
 
 /// Default capacities; the controller can override each at load time.
@@ -24,6 +25,8 @@ pub mod capacity {
     pub const CONNTRACK: u32 = 524_288;
     /// Prefixes that identify traffic from this cluster's pods (detectLocalMode).
     pub const LOCAL_SOURCES: u32 = 1024;
+    /// `loadBalancerSourceRanges` entries over all frontends.
+    pub const SOURCE_RANGES: u32 = 65_536;
 }
 
 pub const PROTO_TCP: u8 = 6;
@@ -91,6 +94,26 @@ pub mod service_flags {
     pub const ROUTE_REPLIES: u16 = 1 << 3;
     /// Clients outside the cluster (not in `SLUICE_LOCAL4`) are source-NATed to the node.
     pub const MASQUERADE_EXTERNAL: u16 = 1 << 4;
+    /// Only clients in the frontend's `SLUICE_SRC_RANGES4` entries may open flows.
+    pub const SOURCE_RANGES: u16 = 1 << 5;
+}
+
+/// Key data of `SLUICE_SRC_RANGES4` (an LPM trie): a frontend, matched in full (the first 64
+/// bits), then the client address, matched to the range's prefix length — so one lookup with
+/// prefix length 96 answers "is this client in one of this frontend's ranges".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceRangeKey {
+    pub vip: u32,
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+    pub saddr: u32,
+}
+
+impl SourceRangeKey {
+    /// Bits of the frontend part, always matched in full.
+    pub const FRONTEND_BITS: u32 = 64;
 }
 
 /// The master entry of a frontend.
@@ -233,6 +256,8 @@ pub mod stat {
     pub const SNAT_NEW_FLOW: u32 = 13;
     /// New flows dropped: no route to the backend, or no free source port.
     pub const DROP_SNAT_FAILED: u32 = 14;
+    /// New flows from a client outside the frontend's `loadBalancerSourceRanges`.
+    pub const DROP_SOURCE_RANGE: u32 = 15;
     pub const COUNT: u32 = 16;
 }
 
@@ -282,4 +307,5 @@ mod pod {
     unsafe impl aya::Pod for CtKey {}
     unsafe impl aya::Pod for CtValue {}
     unsafe impl aya::Pod for DatapathConfig {}
+    unsafe impl aya::Pod for SourceRangeKey {}
 }

@@ -23,7 +23,7 @@ use proxy_common::{
 };
 
 use crate::{
-    maps::{BACKENDS, CONNTRACK, SERVICES, SLOTS, count, is_local_source},
+    maps::{BACKENDS, CONNTRACK, SERVICES, SLOTS, count, is_local_source, source_allowed},
     packet::{Flow, Parsed},
 };
 
@@ -102,6 +102,13 @@ fn handle(ctx: &TcContext) -> Result<i32, ()> {
         }
         // Expired, or the backend this flow was pinned to is gone: choose again rather than
         // send the packet into a black hole (kube-proxy's stale UDP conntrack problem).
+    }
+
+    // kube-proxy's load-balancer firewall: checked when a flow starts, so a flow admitted
+    // before its range was removed finishes.
+    if svc.flags & service_flags::SOURCE_RANGES != 0 && !source_allowed(&svc_key, flow.saddr) {
+        count(stat::DROP_SOURCE_RANGE);
+        return Ok(TC_ACT_SHOT);
     }
 
     // The controller deletes an old bank's slots (and unused backends) right after flipping

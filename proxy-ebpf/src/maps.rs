@@ -6,7 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
 };
 use proxy_common::{
-    Backend, CtKey, CtValue, DatapathConfig, ServiceKey, ServiceValue, SlotKey, capacity, stat,
+    Backend, CtKey, CtValue, DatapathConfig, ServiceKey, ServiceValue, SlotKey, SourceRangeKey,
+    capacity, stat,
 };
 
 // Service, slot and backend maps are not preallocated: a preallocated hash map recycles a
@@ -37,6 +38,24 @@ pub static CONFIG: Array<DatapathConfig> = Array::pinned(1, 0);
 /// addresses in network byte order; the value is unused.
 #[map(name = "SLUICE_LOCAL4")]
 pub static LOCAL_SOURCES: LpmTrie<u32, u8> = LpmTrie::pinned(capacity::LOCAL_SOURCES, 0);
+
+#[map(name = "SLUICE_SRC_RANGES4")]
+pub static SOURCE_RANGES: LpmTrie<SourceRangeKey, u8> = LpmTrie::pinned(capacity::SOURCE_RANGES, 0);
+
+/// Whether `saddr` is inside one of the `loadBalancerSourceRanges` of frontend `key`.
+#[inline(always)]
+pub fn source_allowed(key: &ServiceKey, saddr: u32) -> bool {
+    let data = SourceRangeKey {
+        vip: key.addr,
+        port: key.port,
+        proto: key.proto,
+        _pad: 0,
+        saddr,
+    };
+    SOURCE_RANGES
+        .get(Key::new(SourceRangeKey::FRONTEND_BITS + 32, data))
+        .is_some()
+}
 
 #[inline(always)]
 pub fn is_local_source(addr: u32) -> bool {

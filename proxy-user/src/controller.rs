@@ -13,7 +13,7 @@ use proxy_common::map_names;
 use crate::{
     config::MapSizes,
     dataplane::{
-        layout::{Unserved, desired_maps},
+        layout::{SourceRangeEntry, Unserved, desired_maps, desired_source_ranges},
         maps::PinnedMaps,
         plan::{self, SyncReport},
         snapshot::Snapshot,
@@ -59,6 +59,8 @@ pub struct Controller {
     last_inputs: std::sync::Arc<crate::source::Inputs>,
     /// Last-change trigger time per EndpointSlice already reported as programmed.
     programmed: BTreeMap<(String, String), String>,
+    /// What Sluice wrote into `SLUICE_SRC_RANGES4`.
+    source_ranges: BTreeSet<SourceRangeEntry>,
 }
 
 impl Controller {
@@ -74,7 +76,9 @@ impl Controller {
         // Adopt whatever an earlier run left in the maps: the first sync diffs against it
         // instead of flushing, so live flows keep their backends.
         let mirror = maps.snapshot();
+        let source_ranges = maps.source_range_entries();
         Self {
+            source_ranges,
             maps,
             mirror,
             node,
@@ -173,7 +177,15 @@ impl Controller {
             }
             self.mirror = actual;
         }
+        let ranges = desired_source_ranges(&state, &node.node_addresses);
+        if full {
+            self.source_ranges = self.maps.source_range_entries();
+        }
+        // Ranges are added before the frontends that check them and removed after, so a
+        // frontend never filters against a half-written set.
+        self.sync_source_ranges(&ranges, true);
         let report = plan::sync(&mut self.maps, &mut self.mirror, &desired);
+        self.sync_source_ranges(&ranges, false);
         for (key, err) in &report.failed {
             error!(frontend = ?key, error = %err, "frontend not updated; its previous entry keeps serving");
             self.observer.metrics.record_store_error(err);
@@ -195,6 +207,29 @@ impl Controller {
             );
         }
         report
+    }
+
+    /// Adds the missing `loadBalancerSourceRanges` entries (`add`) or removes the stale ones.
+    fn sync_source_ranges(&mut self, desired: &BTreeSet<SourceRangeEntry>, add: bool) {
+        let changes: Vec<SourceRangeEntry> = if add {
+            desired.difference(&self.source_ranges).copied().collect()
+        } else {
+            self.source_ranges.difference(desired).copied().collect()
+        };
+        for entry in changes {
+            match self.maps.set_source_range(entry, add) {
+                Ok(()) if add => {
+                    self.source_ranges.insert(entry);
+                }
+                Ok(()) => {
+                    self.source_ranges.remove(&entry);
+                }
+                Err(err) => {
+                    error!(error = %err, "loadBalancerSourceRanges entry not written");
+                    self.observer.metrics.record_store_error(&err);
+                }
+            }
+        }
     }
 
     fn report_skipped(&mut self, state: &DesiredState) {

@@ -523,3 +523,107 @@ fn udp_flow_follows_a_replaced_backend() {
         "{roles:?}"
     );
 }
+
+/// LoadBalancer ingress IPs and externalIPs carry TCP and UDP; `loadBalancerSourceRanges`
+/// admits the clients it lists and drops the others, and filters only the load-balancer
+/// frontend (kube-proxy leaves the NodePort open).
+#[test]
+fn load_balancer_and_external_ips_serve_tcp_and_udp_and_source_ranges_filter() {
+    let (topo, scratch) = setup("lbext", 1);
+    let pod = &topo.backends()[0];
+    let _tcp = pod.tcp_server(8080).unwrap();
+    let _udp = pod.udp_server(5353).unwrap();
+    let ip = v4(pod);
+    let service = |name: &str,
+                   cluster_ip: &str,
+                   extra_spec: &str,
+                   status: &str,
+                   node_ports: Option<[u16; 2]>| {
+        let [http_node_port, dns_node_port] = node_ports
+            .map_or([String::new(), String::new()], |ports| {
+                ports.map(|p| format!(", nodePort: {p}"))
+            });
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  clusterIP: {cluster_ip}\n{extra_spec}  ports:\n    - {{name: http, port: 80, protocol: TCP{http_node_port}}}\n    - {{name: dns, port: 53, protocol: UDP{dns_node_port}}}\n{status}---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-1\n  namespace: default\n  labels: {{kubernetes.io/service-name: {name}}}\naddressType: IPv4\nports: [{{name: http, port: 8080, protocol: TCP}}, {{name: dns, port: 5353, protocol: UDP}}]\nendpoints:\n  - addresses: [\"{ip}\"]\n    conditions: {{ready: true}}\n---\n"
+        )
+    };
+    let lb_status =
+        |lb_ip: &str| format!("status:\n  loadBalancer:\n    ingress: [{{ip: {lb_ip}}}]\n");
+    let manifests = [
+        service(
+            "allowed",
+            "10.96.0.40",
+            "  type: LoadBalancer\n  loadBalancerSourceRanges: [10.0.1.0/24]\n",
+            &lb_status("192.0.2.100"),
+            Some([30400, 30401]),
+        ),
+        service(
+            "denied",
+            "10.96.0.41",
+            "  type: LoadBalancer\n  loadBalancerSourceRanges: [198.51.100.0/24]\n",
+            &lb_status("192.0.2.101"),
+            Some([30402, 30403]),
+        ),
+        service(
+            "external",
+            "10.96.0.42",
+            "  externalIPs: [192.0.2.200]\n",
+            "",
+            None,
+        ),
+    ]
+    .concat();
+    scratch.write_manifest("services.yaml", &manifests);
+    let sluice = Sluice::start(&topo, &scratch);
+    for (addr, proto, target) in [
+        ("192.0.2.100:80", PROTO_TCP, 8080),
+        ("192.0.2.100:53", PROTO_UDP, 5353),
+        ("192.0.2.101:80", PROTO_TCP, 8080),
+        ("192.0.2.200:80", PROTO_TCP, 8080),
+        ("192.0.2.200:53", PROTO_UDP, 5353),
+    ] {
+        sluice.wait_for_backends(
+            addr.parse().unwrap(),
+            proto,
+            &[SocketAddrV4::new(ip, target)],
+        );
+    }
+    for addr in ["192.0.2.100:80", "192.0.2.200:80"] {
+        let reply = topo
+            .client()
+            .tcp_request(addr.parse().unwrap(), TIMEOUT)
+            .unwrap_or_else(|e| panic!("TCP to {addr}: {e:#}"));
+        assert_eq!(
+            reply.peer,
+            addr.parse().unwrap(),
+            "the reply comes from {addr}"
+        );
+        assert_eq!(reply.server(), pod.role());
+    }
+    for addr in ["192.0.2.100:53", "192.0.2.200:53"] {
+        let reply = topo
+            .client()
+            .udp_request(addr.parse().unwrap(), TIMEOUT)
+            .unwrap_or_else(|e| panic!("UDP to {addr}: {e:#}"));
+        assert_eq!(
+            reply.peer,
+            addr.parse().unwrap(),
+            "the reply comes from {addr}"
+        );
+    }
+
+    let (error, _) = tcp_connect(
+        topo.client(),
+        "192.0.2.101:80".parse().unwrap(),
+        Duration::from_secs(1),
+    );
+    assert_eq!(
+        error,
+        Some(ErrorKind::TimedOut),
+        "outside the source ranges: dropped"
+    );
+    assert!(sluice.maps().counter(stat::DROP_SOURCE_RANGE) >= 1);
+    topo.client()
+        .tcp_request(sock(Ipv4Addr::new(10, 0, 1, 1), 30402), TIMEOUT)
+        .expect("the same Service's NodePort is not filtered");
+}

@@ -1,8 +1,11 @@
 //! Desired state → desired map contents (pure).
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
 
-use proxy_common::{Backend, ServiceKey, algorithm, scope, service_flags};
+use proxy_common::{Backend, ServiceKey, SourceRangeKey, algorithm, scope, service_flags};
 
 use crate::model::{DesiredState, EmptyAction, Frontend, FrontendKey, Scope};
 
@@ -66,6 +69,50 @@ pub fn desired_maps(state: &DesiredState) -> (DesiredMaps, Vec<(FrontendKey, Uns
     (maps, unsupported)
 }
 
+/// One `SLUICE_SRC_RANGES4` entry: its total prefix length and key data.
+pub type SourceRangeEntry = (u32, SourceRangeKey);
+
+/// The `SLUICE_SRC_RANGES4` entries for every IPv4 frontend with `loadBalancerSourceRanges`:
+/// its ranges, and the node's own addresses, which kube-proxy always admits so that the node
+/// (and hairpinning pods masqueraded to it) can reach its load balancers.
+pub fn desired_source_ranges(
+    state: &DesiredState,
+    node_addresses: &[IpAddr],
+) -> BTreeSet<SourceRangeEntry> {
+    let mut entries = BTreeSet::new();
+    for frontend in state.frontends() {
+        if frontend.source_ranges.is_empty() {
+            continue;
+        }
+        let Some(key) = service_key(&frontend.key) else {
+            continue;
+        };
+        let entry = |net: std::net::Ipv4Addr, len: u8| {
+            (
+                SourceRangeKey::FRONTEND_BITS + u32::from(len),
+                SourceRangeKey {
+                    vip: key.addr,
+                    port: key.port,
+                    proto: key.proto,
+                    _pad: 0,
+                    saddr: u32::from_ne_bytes(net.octets()),
+                },
+            )
+        };
+        for range in &frontend.source_ranges {
+            if let IpAddr::V4(net) = range.network() {
+                entries.insert(entry(net, range.prefix_len()));
+            }
+        }
+        for address in node_addresses {
+            if let IpAddr::V4(ip) = address {
+                entries.insert(entry(*ip, 32));
+            }
+        }
+    }
+    entries
+}
+
 /// The `ANY`-scope map key of an IPv4 frontend.
 fn service_key(key: &FrontendKey) -> Option<ServiceKey> {
     let IpAddr::V4(vip) = key.ip else {
@@ -102,6 +149,9 @@ fn frontend_entry(frontend: &Frontend) -> FrontendEntry {
     }
     if frontend.masquerade_external {
         flags |= service_flags::MASQUERADE_EXTERNAL;
+    }
+    if !frontend.source_ranges.is_empty() {
+        flags |= service_flags::SOURCE_RANGES;
     }
     FrontendEntry {
         backends,
@@ -180,6 +230,40 @@ mod tests {
         assert_eq!(
             maps[&node_port.with_scope(scope::INTERNAL)].flags,
             service_flags::ROUTE_REPLIES
+        );
+    }
+
+    /// A LoadBalancer's source ranges become LPM entries for its load-balancer frontend only,
+    /// with the node's addresses admitted too; its ClusterIP and NodePort stay unfiltered.
+    #[test]
+    fn source_ranges_filter_the_load_balancer_frontend_and_admit_the_node() {
+        let svc: Service = serde_yaml::from_str(
+            "metadata: {name: web, namespace: default}\nspec:\n  type: LoadBalancer\n  clusterIP: 10.96.0.10\n  loadBalancerSourceRanges: [203.0.113.0/24]\n  ports: [{port: 80, nodePort: 30080}]\nstatus:\n  loadBalancer:\n    ingress: [{ip: 198.51.100.7}]\n",
+        )
+        .unwrap();
+        let node = NodeContext::new(Some("here".into()), vec!["192.0.2.1".parse().unwrap()]);
+        let state = DesiredState::build(&[svc], &[], &node);
+        let (maps, _) = desired_maps(&state);
+        let lb = ServiceKey::new(u32::from_ne_bytes([198, 51, 100, 7]), 80u16.to_be(), 6);
+        assert_ne!(maps[&lb].flags & service_flags::SOURCE_RANGES, 0);
+        let filtered = maps
+            .values()
+            .filter(|e| e.flags & service_flags::SOURCE_RANGES != 0)
+            .count();
+        assert_eq!(filtered, 1, "only the load-balancer frontend");
+        let ranges = desired_source_ranges(&state, &node.node_addresses);
+        let got: Vec<(u32, [u8; 4])> = ranges
+            .iter()
+            .map(|(len, k)| (*len, k.saddr.to_ne_bytes()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![(64 + 24, [203, 0, 113, 0]), (64 + 32, [192, 0, 2, 1])]
+        );
+        assert!(
+            ranges
+                .iter()
+                .all(|(_, k)| k.vip == lb.addr && k.port == lb.port)
         );
     }
 

@@ -4,6 +4,7 @@
 //! all read the same kernel objects, whether or not this process loaded them.
 
 use std::{
+    collections::BTreeSet,
     io,
     path::{Path, PathBuf},
 };
@@ -13,10 +14,12 @@ use aya::maps::{
     lpm_trie::{Key as LpmKey, LpmTrie},
 };
 use proxy_common::{
-    Backend, CtKey, CtValue, DatapathConfig, ServiceKey, ServiceValue, SlotKey, map_names, stat,
+    Backend, CtKey, CtValue, DatapathConfig, ServiceKey, ServiceValue, SlotKey, SourceRangeKey,
+    map_names, stat,
 };
 
 use super::{
+    layout::SourceRangeEntry,
     plan::{MapStore, Op, StoreError},
     settings::DatapathSettings,
     snapshot::Snapshot,
@@ -49,6 +52,7 @@ pub struct PinnedMaps {
     pub stats: PerCpuArray<MapData, u64>,
     pub config: Array<MapData, DatapathConfig>,
     pub local_sources: LpmTrie<MapData, u32, u8>,
+    pub source_ranges: LpmTrie<MapData, SourceRangeKey, u8>,
 }
 
 fn open(dir: &Path, name: &str) -> Result<MapData, OpenError> {
@@ -91,6 +95,43 @@ impl PinnedMaps {
             config: Array::try_from(Map::Array(open(dir, CONFIG)?)).map_err(other(dir, CONFIG))?,
             local_sources: LpmTrie::try_from(Map::LpmTrie(open(dir, LOCAL_SOURCES)?))
                 .map_err(other(dir, LOCAL_SOURCES))?,
+            source_ranges: LpmTrie::try_from(Map::LpmTrie(open(dir, SOURCE_RANGES)?))
+                .map_err(other(dir, SOURCE_RANGES))?,
+        })
+    }
+
+    /// The `loadBalancerSourceRanges` entries in the kernel.
+    pub fn source_range_entries(&self) -> BTreeSet<SourceRangeEntry> {
+        self.source_ranges
+            .keys()
+            .filter_map(Result::ok)
+            .map(|k| (k.prefix_len(), k.data()))
+            .collect()
+    }
+
+    /// Adds (`true`) or removes one `loadBalancerSourceRanges` entry.
+    pub fn set_source_range(
+        &mut self,
+        (prefix_len, data): SourceRangeEntry,
+        present: bool,
+    ) -> Result<(), StoreError> {
+        let key = LpmKey::new(prefix_len, data);
+        let result = if present {
+            self.source_ranges.insert(&key, 1, 0)
+        } else {
+            ignore_missing(self.source_ranges.remove(&key))
+        };
+        result.map_err(|e| match store_error(map_names::SOURCE_RANGES, "", e) {
+            // Its size is fixed: there is no setting to name.
+            StoreError::Full { map, .. } => StoreError::Kernel {
+                map,
+                source: io::Error::other(format!(
+                    "full: at most {} loadBalancerSourceRanges entries (ranges plus node \
+                     addresses, per frontend) fit",
+                    proxy_common::capacity::SOURCE_RANGES
+                )),
+            },
+            other => other,
         })
     }
 
@@ -159,20 +200,26 @@ impl MapStore for PinnedMaps {
             Op::DeleteSlot(k) => (SLOTS, "", ignore_missing(self.slots.remove(k))),
             Op::DeleteBackend(k) => (BACKENDS, "", ignore_missing(self.backends.remove(k))),
         };
-        result.map_err(|e| match e {
-            // The kernel answers E2BIG when a hash map has no free element.
-            MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::E2BIG) => {
-                StoreError::Full { map, setting }
-            }
-            MapError::SyscallError(s) => StoreError::Kernel {
-                map,
-                source: s.io_error,
-            },
-            other => StoreError::Kernel {
-                map,
-                source: io::Error::other(other.to_string()),
-            },
-        })
+        result.map_err(|e| store_error(map, setting, e))
+    }
+}
+
+fn store_error(map: &'static str, setting: &'static str, e: MapError) -> StoreError {
+    match e {
+        // The kernel answers E2BIG (hash maps) or ENOSPC (LPM tries) when a map is full.
+        MapError::SyscallError(s)
+            if matches!(s.io_error.raw_os_error(), Some(libc::E2BIG | libc::ENOSPC)) =>
+        {
+            StoreError::Full { map, setting }
+        }
+        MapError::SyscallError(s) => StoreError::Kernel {
+            map,
+            source: s.io_error,
+        },
+        other => StoreError::Kernel {
+            map,
+            source: io::Error::other(other.to_string()),
+        },
     }
 }
 

@@ -2,7 +2,7 @@
 
 use k8s_openapi::api::core::v1::{Service, ServiceSpec};
 
-use crate::config::Scheduler;
+use crate::config::{Cidr, Scheduler};
 
 use super::skip::{Invalid, SkipReason};
 
@@ -63,6 +63,23 @@ impl Settings {
             ServiceType::NodePort | ServiceType::LoadBalancer
         )
     }
+}
+
+/// `loadBalancerSourceRanges`: the clients a LoadBalancer frontend admits (empty: all). An
+/// invalid entry fails the whole Service: leaving it out could widen the firewall to everyone.
+pub(super) fn source_ranges(spec: &ServiceSpec) -> Result<Vec<Cidr>, Invalid> {
+    spec.load_balancer_source_ranges
+        .iter()
+        .flatten()
+        .map(|range| {
+            range.trim().parse::<Cidr>().map_err(|e| {
+                (
+                    SkipReason::InvalidIp,
+                    format!("loadBalancerSourceRanges: {e}"),
+                )
+            })
+        })
+        .collect()
 }
 
 fn is_local_policy(field: &str, value: Option<&str>) -> Result<bool, Invalid> {

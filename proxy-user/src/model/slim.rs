@@ -60,6 +60,7 @@ pub fn slim_service(svc: &mut Service) {
             health_check_node_port: s.health_check_node_port,
             session_affinity: s.session_affinity,
             session_affinity_config: s.session_affinity_config,
+            load_balancer_source_ranges: s.load_balancer_source_ranges,
             ..ServiceSpec::default()
         }),
         status: old.status.map(|s| ServiceStatus {

@@ -14,7 +14,7 @@ use super::{
     endpoints::{Sets, candidates, local_ready_addresses},
     node::NodeContext,
     policy::scopes,
-    settings::{ServiceType, Settings},
+    settings::{ServiceType, Settings, source_ranges},
     skip::{Invalid, SkipReason, Skipped},
     types::{Frontend, FrontendKey, FrontendKind, HealthCheck, Protocol, ServiceName},
 };
@@ -62,6 +62,7 @@ fn translate(
     };
     let addresses = Addresses::parse(svc, spec, settings.service_type)?;
     let ports = parse_ports(spec, settings.serves_node_ports())?;
+    let source_ranges = source_ranges(spec)?;
     let service = ServiceName::of(&svc.metadata);
 
     let mut sets: BTreeMap<(usize, bool), Sets> = BTreeMap::new();
@@ -102,6 +103,11 @@ fn translate(
                 affinity_timeout: settings.affinity_timeout,
                 scheduler: settings.scheduler,
                 masquerade_external: listener.kind.is_external() && !settings.external_local,
+                source_ranges: if listener.kind == FrontendKind::LoadBalancer {
+                    source_ranges.clone()
+                } else {
+                    Vec::new()
+                },
             });
         }
     }

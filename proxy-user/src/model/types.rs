@@ -222,6 +222,9 @@ pub struct Frontend {
     /// this node whichever node the endpoint is on (kube-proxy does this for every external
     /// frontend with `externalTrafficPolicy: Cluster`; `Local` keeps the client's address).
     pub masquerade_external: bool,
+    /// `loadBalancerSourceRanges` of a LoadBalancer frontend (empty: every client; other
+    /// kinds are never filtered, as in kube-proxy).
+    pub source_ranges: Vec<crate::config::Cidr>,
 }
 
 /// The health check kube-proxy serves for a `LoadBalancer` Service with

@@ -160,7 +160,11 @@ fn slimming_drops_what_the_model_never_reads() {
     );
     let spec = svc.spec.as_ref().unwrap();
     assert_eq!(spec.selector, None);
-    assert_eq!(spec.load_balancer_source_ranges, None);
+    assert_eq!(
+        spec.load_balancer_source_ranges,
+        Some(vec!["0.0.0.0/0".to_owned()]),
+        "source ranges are a firewall: kept"
+    );
     assert!(spec.ports.iter().flatten().all(|p| p.target_port.is_none()));
     let status = svc.status.as_ref().unwrap();
     assert_eq!(status.conditions, None);
