@@ -15,6 +15,7 @@ pub mod map_names {
     pub const CONFIG: &str = "SLUICE_CONFIG";
     pub const LOCAL_SOURCES: &str = "SLUICE_LOCAL4";
     pub const SOURCE_RANGES: &str = "SLUICE_SRC_RANGES4";
+    pub const VIPS: &str = "SLUICE_VIPS4";
 }
 
 /// Default capacities; the controller can override each at load time.
@@ -27,6 +28,8 @@ pub mod capacity {
     pub const LOCAL_SOURCES: u32 = 1024;
     /// `loadBalancerSourceRanges` entries over all frontends.
     pub const SOURCE_RANGES: u32 = 65_536;
+    /// Service addresses (ClusterIPs, load-balancer and external IPs) that are not the node's.
+    pub const VIPS: u32 = 262_144;
 }
 
 pub const PROTO_TCP: u8 = 6;
@@ -258,7 +261,9 @@ pub mod stat {
     pub const DROP_SNAT_FAILED: u32 = 14;
     /// New flows from a client outside the frontend's `loadBalancerSourceRanges`.
     pub const DROP_SOURCE_RANGE: u32 = 15;
-    pub const COUNT: u32 = 16;
+    /// Packets to a Service address on a port no Service has, refused.
+    pub const REJECT_UNKNOWN_PORT: u32 = 16;
+    pub const COUNT: u32 = 24;
 }
 
 /// Settings the datapath reads at run time: element 0 of the `SLUICE_CONFIG` array.

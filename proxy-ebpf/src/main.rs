@@ -23,7 +23,7 @@ use proxy_common::{
 };
 
 use crate::{
-    maps::{BACKENDS, CONNTRACK, SERVICES, SLOTS, count, is_local_source, source_allowed},
+    maps::{BACKENDS, CONNTRACK, SERVICES, SLOTS, VIPS, count, is_local_source, source_allowed},
     packet::{Flow, Parsed},
 };
 
@@ -73,6 +73,11 @@ fn handle(ctx: &TcContext) -> Result<i32, ()> {
     }
 
     let Some((svc_key, svc)) = frontend(&flow) else {
+        // SAFETY: only the presence of the key is used.
+        if unsafe { VIPS.get(flow.daddr) }.is_some() {
+            count(stat::REJECT_UNKNOWN_PORT);
+            return Ok(reject::refuse(ctx, &flow));
+        }
         return Ok(TC_ACT_OK);
     };
     if svc.count == 0 {

@@ -39,6 +39,11 @@ pub static CONFIG: Array<DatapathConfig> = Array::pinned(1, 0);
 #[map(name = "SLUICE_LOCAL4")]
 pub static LOCAL_SOURCES: LpmTrie<u32, u8> = LpmTrie::pinned(capacity::LOCAL_SOURCES, 0);
 
+/// Addresses that belong to Services alone; the value is unused. A packet to one of them that
+/// matches no frontend is refused rather than handed to the host, which has no such address.
+#[map(name = "SLUICE_VIPS4")]
+pub static VIPS: HashMap<u32, u32> = HashMap::pinned(capacity::VIPS, BPF_F_NO_PREALLOC);
+
 #[map(name = "SLUICE_SRC_RANGES4")]
 pub static SOURCE_RANGES: LpmTrie<SourceRangeKey, u8> = LpmTrie::pinned(capacity::SOURCE_RANGES, 0);
 

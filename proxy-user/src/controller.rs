@@ -13,7 +13,7 @@ use proxy_common::map_names;
 use crate::{
     config::MapSizes,
     dataplane::{
-        layout::{SourceRangeEntry, Unserved, desired_maps, desired_source_ranges},
+        layout::{SourceRangeEntry, Unserved, desired_maps, desired_source_ranges, desired_vips},
         maps::PinnedMaps,
         plan::{self, SyncReport},
         snapshot::Snapshot,
@@ -61,6 +61,8 @@ pub struct Controller {
     programmed: BTreeMap<(String, String), String>,
     /// What Sluice wrote into `SLUICE_SRC_RANGES4`.
     source_ranges: BTreeSet<SourceRangeEntry>,
+    /// What Sluice wrote into `SLUICE_VIPS4`.
+    vips: BTreeSet<u32>,
 }
 
 impl Controller {
@@ -77,8 +79,10 @@ impl Controller {
         // instead of flushing, so live flows keep their backends.
         let mirror = maps.snapshot();
         let source_ranges = maps.source_range_entries();
+        let vips = maps.vip_entries();
         Self {
             source_ranges,
+            vips,
             maps,
             mirror,
             node,
@@ -178,14 +182,17 @@ impl Controller {
             self.mirror = actual;
         }
         let ranges = desired_source_ranges(&state, &node.node_addresses);
+        let vips = desired_vips(&state);
         if full {
             self.source_ranges = self.maps.source_range_entries();
+            self.vips = self.maps.vip_entries();
         }
         // Ranges are added before the frontends that check them and removed after, so a
-        // frontend never filters against a half-written set.
-        self.sync_source_ranges(&ranges, true);
+        // frontend never filters against a half-written set; a ClusterIP is marked before its
+        // first frontend appears and unmarked after its last is gone.
+        self.sync_key_sets(&ranges, &vips, true);
         let report = plan::sync(&mut self.maps, &mut self.mirror, &desired);
-        self.sync_source_ranges(&ranges, false);
+        self.sync_key_sets(&ranges, &vips, false);
         for (key, err) in &report.failed {
             error!(frontend = ?key, error = %err, "frontend not updated; its previous entry keeps serving");
             self.observer.metrics.record_store_error(err);
@@ -209,27 +216,25 @@ impl Controller {
         report
     }
 
-    /// Adds the missing `loadBalancerSourceRanges` entries (`add`) or removes the stale ones.
-    fn sync_source_ranges(&mut self, desired: &BTreeSet<SourceRangeEntry>, add: bool) {
-        let changes: Vec<SourceRangeEntry> = if add {
-            desired.difference(&self.source_ranges).copied().collect()
-        } else {
-            self.source_ranges.difference(desired).copied().collect()
-        };
-        for entry in changes {
-            match self.maps.set_source_range(entry, add) {
-                Ok(()) if add => {
-                    self.source_ranges.insert(entry);
-                }
-                Ok(()) => {
-                    self.source_ranges.remove(&entry);
-                }
-                Err(err) => {
-                    error!(error = %err, "loadBalancerSourceRanges entry not written");
-                    self.observer.metrics.record_store_error(&err);
-                }
-            }
-        }
+    /// Adds the missing entries of the key-set maps (`add`) or removes the stale ones.
+    fn sync_key_sets(
+        &mut self,
+        ranges: &BTreeSet<SourceRangeEntry>,
+        vips: &BTreeSet<u32>,
+        add: bool,
+    ) {
+        let metrics = &self.observer.metrics;
+        let maps = &mut self.maps;
+        sync_key_set(
+            &mut self.source_ranges,
+            ranges,
+            add,
+            metrics,
+            |e, present| maps.set_source_range(e, present),
+        );
+        sync_key_set(&mut self.vips, vips, add, metrics, |e, present| {
+            maps.set_vip(e, present)
+        });
     }
 
     fn report_skipped(&mut self, state: &DesiredState) {
@@ -339,6 +344,37 @@ impl Controller {
             self.observer.synced(full, took);
         } else {
             self.observer.sync_failed(full, took);
+        }
+    }
+}
+
+/// Brings a map that is a plain set of keys towards `desired`: adds what is missing (`add`) or
+/// removes what is stale, keeping `mirror` equal to what was written. A failed write is logged
+/// and counted, and retried at the next sync.
+fn sync_key_set<K: Ord + Copy + std::fmt::Debug>(
+    mirror: &mut BTreeSet<K>,
+    desired: &BTreeSet<K>,
+    add: bool,
+    metrics: &Metrics,
+    mut write: impl FnMut(K, bool) -> Result<(), plan::StoreError>,
+) {
+    let changes: Vec<K> = if add {
+        desired.difference(mirror).copied().collect()
+    } else {
+        mirror.difference(desired).copied().collect()
+    };
+    for key in changes {
+        match write(key, add) {
+            Ok(()) if add => {
+                mirror.insert(key);
+            }
+            Ok(()) => {
+                mirror.remove(&key);
+            }
+            Err(err) => {
+                error!(?key, error = %err, "map entry not written");
+                metrics.record_store_error(&err);
+            }
         }
     }
 }

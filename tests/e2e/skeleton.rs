@@ -273,7 +273,12 @@ fn a_port_no_service_has_is_not_translated() {
     let result = topo
         .client()
         .tcp_request(sock(VIP, 81), Duration::from_millis(500));
-    assert!(result.is_err(), "nothing answers on VIP:81");
+    let error = format!("{:#}", result.expect_err("nothing answers on VIP:81"));
+    assert!(
+        error.contains("refused"),
+        "a ClusterIP refuses ports no Service has: {error}"
+    );
+    assert!(sluice.maps().counter(stat::REJECT_UNKNOWN_PORT) >= 1);
     assert_eq!(trap.connections(), 0);
     assert_eq!(
         sluice.maps().counter(stat::DNAT_NEW_FLOW),

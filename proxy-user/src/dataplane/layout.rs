@@ -7,7 +7,7 @@ use std::{
 
 use proxy_common::{Backend, ServiceKey, SourceRangeKey, algorithm, scope, service_flags};
 
-use crate::model::{DesiredState, EmptyAction, Frontend, FrontendKey, Scope};
+use crate::model::{DesiredState, EmptyAction, Frontend, FrontendKey, FrontendKind, Scope};
 
 /// What one frontend should look like in the maps, before ids are assigned.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,6 +67,21 @@ pub fn desired_maps(state: &DesiredState) -> (DesiredMaps, Vec<(FrontendKey, Uns
         }
     }
     (maps, unsupported)
+}
+
+/// The ClusterIPs (IPv4, network byte order) for `SLUICE_VIPS4`: traffic to one of them on a
+/// port no Service has is refused, as kube-proxy's nftables mode does. Only ClusterIPs: a
+/// load-balancer or external IP may be one of the node's own addresses, whose other ports
+/// (ssh, the kubelet) must keep working.
+pub fn desired_vips(state: &DesiredState) -> BTreeSet<u32> {
+    state
+        .frontends()
+        .filter(|f| f.kind == FrontendKind::ClusterIp)
+        .filter_map(|f| match f.key.ip {
+            IpAddr::V4(ip) => Some(u32::from_ne_bytes(ip.octets())),
+            IpAddr::V6(_) => None,
+        })
+        .collect()
 }
 
 /// One `SLUICE_SRC_RANGES4` entry: its total prefix length and key data.
@@ -264,6 +279,11 @@ mod tests {
             ranges
                 .iter()
                 .all(|(_, k)| k.vip == lb.addr && k.port == lb.port)
+        );
+        assert_eq!(
+            desired_vips(&state),
+            BTreeSet::from([u32::from_ne_bytes([10, 96, 0, 10])]),
+            "only the ClusterIP refuses unknown ports"
         );
     }
 

@@ -53,6 +53,7 @@ pub struct PinnedMaps {
     pub config: Array<MapData, DatapathConfig>,
     pub local_sources: LpmTrie<MapData, u32, u8>,
     pub source_ranges: LpmTrie<MapData, SourceRangeKey, u8>,
+    pub vips: HashMap<MapData, u32, u32>,
 }
 
 fn open(dir: &Path, name: &str) -> Result<MapData, OpenError> {
@@ -97,7 +98,23 @@ impl PinnedMaps {
                 .map_err(other(dir, LOCAL_SOURCES))?,
             source_ranges: LpmTrie::try_from(Map::LpmTrie(open(dir, SOURCE_RANGES)?))
                 .map_err(other(dir, SOURCE_RANGES))?,
+            vips: HashMap::try_from(Map::HashMap(open(dir, VIPS)?)).map_err(other(dir, VIPS))?,
         })
+    }
+
+    /// The ClusterIPs in `SLUICE_VIPS4`.
+    pub fn vip_entries(&self) -> BTreeSet<u32> {
+        self.vips.keys().filter_map(Result::ok).collect()
+    }
+
+    /// Adds (`true`) or removes one ClusterIP of `SLUICE_VIPS4`.
+    pub fn set_vip(&mut self, addr: u32, present: bool) -> Result<(), StoreError> {
+        let result = if present {
+            self.vips.insert(addr, 0, 0)
+        } else {
+            ignore_missing(self.vips.remove(&addr))
+        };
+        result.map_err(|e| store_error(map_names::VIPS, "maps.services", e))
     }
 
     /// The `loadBalancerSourceRanges` entries in the kernel.
