@@ -20,6 +20,7 @@ import io
 import json
 import os
 import re
+import select
 import shutil
 import subprocess
 import sys
@@ -488,6 +489,7 @@ def run_case(f, helm, sluice_bin, case):
         rendered = objs
     if rendered is None:
         return None
+    check_notes(f, helm, case, values)
     check_rbac(f, rendered)
     check_daemonset(f, rendered, values)
     kp, own, validated = check_config(f, rendered, sluice_bin)
@@ -495,6 +497,25 @@ def run_case(f, helm, sluice_bin, case):
     check_dashboard(f, rendered, values)
     case_checks(case["name"], f, rendered, kp, own, validated)
     return rendered
+
+
+def check_notes(f, helm, case, values):
+    # `helm template` never renders NOTES.txt; a client-side dry-run install does, offline.
+    out = subprocess.run([str(helm), "install", RELEASE, str(CHART), "--namespace", NAMESPACE,
+                          "--dry-run=client", *helm_args(case)], capture_output=True, text=True)
+    notes = out.stdout.partition("\nNOTES:\n")[2]
+    if not f.check("NOTES.txt renders", out.returncode == 0 and "rollout status" in notes,
+                   out.stderr.strip()[-500:]):
+        return
+    f.check("NOTES warn about the API server exactly when apiServer.host is empty",
+            ("WARNING: apiServer.host is empty" in notes) == (not values["apiServer"]["host"]))
+    unimplemented = {
+        "sluice.dataplane is": values["sluice"]["dataplane"] not in ("auto", "ebpf"),
+        "sluice.xdp.mode is": values["sluice"]["xdp"]["mode"] != "off",
+        "socketHooks.enabled only mounts": values["socketHooks"]["enabled"],
+    }
+    for text, expected in unimplemented.items():
+        f.check(f"NOTES say {text!r}… exactly when it is not implemented", (text in notes) == expected)
 
 
 def run_bad_values(f, helm, sluice_bin):
@@ -585,29 +606,27 @@ def start_with_caps(sluice_bin, config_text, caps, pin):
             f"--interface sl0 --pin-path {pin}"
         )
         proc = subprocess.Popen(["unshare", "--net", "sh", "-c", script],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 env={**os.environ, "NO_COLOR": "1", "SLUICE_LOG": "info"})
-        log = []
+        # Read raw chunks: a line may arrive in pieces, so the whole output is searched.
+        log = b""
         deadline = time.monotonic() + 30
-        started = False
-        os.set_blocking(proc.stdout.fileno(), False)
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if line:
-                log.append(line)
-                if "maps synced" in line:
-                    started = True
+        while b"maps synced" not in log and time.monotonic() < deadline:
+            ready, _, _ = select.select([proc.stdout], [], [], 0.2)
+            if ready:
+                chunk = os.read(proc.stdout.fileno(), 65536)
+                if not chunk:
                     break
-                continue
-            if proc.poll() is not None:
-                log.extend(proc.stdout.readlines())
+                log += chunk
+            elif proc.poll() is not None:
                 break
-            time.sleep(0.05)
+        started = b"maps synced" in log
         if proc.poll() is None:
             proc.terminate()
             proc.wait(10)
+        log += proc.stdout.read()
     subprocess.run([str(sluice_bin), "cleanup", "--pin-path", pin], capture_output=True)
-    return started, re.sub(r"\x1b\[[0-9;]*m", "", "".join(log))
+    return started, re.sub(r"\x1b\[[0-9;]*m", "", log.decode(errors="replace"))
 
 
 def run_capabilities(f, sluice_bin, default_objs):
@@ -627,7 +646,9 @@ def run_capabilities(f, sluice_bin, default_objs):
     for cap in caps:
         fewer = [c for c in caps if c != cap]
         started, log = start_with_caps(sluice_bin, config, fewer, pin)
-        f.check(f"cannot load its datapath without {cap}", not started, log.strip()[-400:])
+        f.check(f"cannot load its datapath without {cap} (the kernel refuses it)",
+                not started and re.search(r"Operation not permitted|Permission denied", log),
+                log.strip()[-400:])
 
 
 def main():
