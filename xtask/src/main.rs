@@ -2,11 +2,16 @@
 
 mod bench;
 mod bootstrap;
+mod chart;
 mod cmd;
 mod lab;
 
-use std::{path::PathBuf, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
+use anyhow::bail;
 use clap::{Parser, Subcommand};
 
 use crate::cmd::run;
@@ -27,8 +32,11 @@ enum Task {
         #[arg(long)]
         release: bool,
     },
-    /// Bootstrap, then check formatting and lints and run every test, end-to-end included.
+    /// Bootstrap, then check formatting and lints and run every test, end-to-end included,
+    /// and the Helm chart's checks.
     Test,
+    /// Bootstrap, build sluice, and run only the Helm chart's checks (deploy/helm/tests).
+    ChartTest,
     /// Bootstrap, build, and run a demo: a client, a node running Sluice and 3 backends in
     /// network namespaces; shows how requests to a ClusterIP spread over the backends.
     Lab {
@@ -55,7 +63,11 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Test => {
             bootstrap::bootstrap()?;
-            test()
+            test(&root)
+        }
+        Task::ChartTest => {
+            bootstrap::bootstrap()?;
+            chart::test(&root)
         }
         Task::Bench { quick } => {
             bootstrap::bootstrap()?;
@@ -94,7 +106,7 @@ fn build(release: bool) -> anyhow::Result<()> {
     run(&mut cmd)
 }
 
-fn test() -> anyhow::Result<()> {
+fn test(root: &Path) -> anyhow::Result<()> {
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     // The default members are the host crates; the eBPF crate only builds for the BPF target
     // (through proxy-user's build.rs), so `--workspace` must not be used here.
@@ -115,5 +127,12 @@ fn test() -> anyhow::Result<()> {
             "-D",
             "warnings",
         ]))?;
-    run(cargo().args(["test", "--no-fail-fast"]))
+    let tests = run(cargo().args(["test", "--no-fail-fast"]));
+    // Run even when a cargo test failed, so that one run reports both.
+    let chart = chart::test(root);
+    match (tests, chart) {
+        (Ok(()), Ok(())) => Ok(()),
+        (Err(e), Ok(())) | (Ok(()), Err(e)) => Err(e),
+        (Err(tests), Err(chart)) => bail!("{tests:#}\nand {chart:#}"),
+    }
 }
