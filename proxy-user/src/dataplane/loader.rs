@@ -266,8 +266,9 @@ pub fn cleanup(pin_dir: &Path) -> anyhow::Result<CleanupReport> {
 fn check_privileges() -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!(
-            "Sluice needs root (or CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN) to load and pin BPF \
-             programs: run it as root"
+            "Sluice must run as root (uid 0) with CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON to load, \
+             attach and pin its BPF programs (and CAP_SYS_ADMIN to mount bpffs when /sys/fs/bpf \
+             is not mounted)"
         );
     }
     Ok(())
