@@ -16,6 +16,9 @@ pub mod map_names {
     pub const LOCAL_SOURCES: &str = "SLUICE_LOCAL4";
     pub const SOURCE_RANGES: &str = "SLUICE_SRC_RANGES4";
     pub const VIPS: &str = "SLUICE_VIPS4";
+    pub const META: &str = "SLUICE_META4";
+    pub const FRONTEND_STATS: &str = "SLUICE_FE_STATS4";
+    pub const BACKEND_STATS: &str = "SLUICE_BE_STATS4";
 }
 
 /// Default capacities; the controller can override each at load time.
@@ -99,6 +102,42 @@ pub mod service_flags {
     pub const MASQUERADE_EXTERNAL: u16 = 1 << 4;
     /// Only clients in the frontend's `SLUICE_SRC_RANGES4` entries may open flows.
     pub const SOURCE_RANGES: u16 = 1 << 5;
+}
+
+/// Where a frontend entry came from, for operators (`sluice inspect`); the datapath never
+/// reads it. Strings are UTF-8, NUL-padded; Kubernetes caps namespaces and Service names at
+/// 63 bytes and port names at 15, so they always fit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrontendMeta {
+    pub namespace: [u8; 64],
+    pub name: [u8; 64],
+    pub port_name: [u8; 16],
+    /// One of [`frontend_kind`].
+    pub kind: u8,
+    pub _pad: [u8; 3],
+    /// `sessionAffinity: ClientIP` timeout in seconds; 0 without affinity.
+    pub affinity_timeout: u32,
+}
+
+/// Values of [`FrontendMeta::kind`].
+pub mod frontend_kind {
+    pub const CLUSTER_IP: u8 = 0;
+    pub const NODE_PORT: u8 = 1;
+    pub const LOAD_BALANCER: u8 = 2;
+    pub const EXTERNAL_IP: u8 = 3;
+}
+
+/// Traffic through a frontend or to a backend, per CPU (`SLUICE_FE_STATS4`, keyed by the
+/// frontend's `ServiceKey` with scope `ANY`; `SLUICE_BE_STATS4`, keyed by the `Backend`).
+/// Forward: client → backend; reply: backend → client.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct TrafficCounters {
+    pub forward_packets: u64,
+    pub forward_bytes: u64,
+    pub reply_packets: u64,
+    pub reply_bytes: u64,
 }
 
 /// Key data of `SLUICE_SRC_RANGES4` (an LPM trie): a frontend, matched in full (the first 64
@@ -313,4 +352,6 @@ mod pod {
     unsafe impl aya::Pod for CtValue {}
     unsafe impl aya::Pod for DatapathConfig {}
     unsafe impl aya::Pod for SourceRangeKey {}
+    unsafe impl aya::Pod for FrontendMeta {}
+    unsafe impl aya::Pod for TrafficCounters {}
 }

@@ -23,7 +23,10 @@ use proxy_common::{
 };
 
 use crate::{
-    maps::{BACKENDS, CONNTRACK, SERVICES, SLOTS, VIPS, count, is_local_source, source_allowed},
+    maps::{
+        BACKENDS, CONNTRACK, SERVICES, SLOTS, VIPS, count, count_traffic, is_local_source,
+        source_allowed,
+    },
     packet::{Flow, Parsed},
 };
 
@@ -66,6 +69,17 @@ fn handle(ctx: &TcContext) -> Result<i32, ()> {
             client = entry.rev_addr;
         }
         count(stat::REVERSE_NAT);
+        count_traffic(
+            &ServiceKey::new(entry.nat_addr, entry.nat_port, flow.proto),
+            &Backend {
+                addr: flow.saddr,
+                port: flow.sport,
+                proto: flow.proto,
+                flags: 0,
+            },
+            ctx.len(),
+            true,
+        );
         if entry.flags & ct_flags::ROUTE_REPLIES != 0 {
             return Ok(route::forward(ctx, entry.nat_addr, client));
         }
@@ -99,6 +113,17 @@ fn handle(ctx: &TcContext) -> Result<i32, ()> {
             conntrack::touch(entry, &flow, now);
             nat::rewrite_destination(ctx, &flow, entry.nat_addr, entry.nat_port)?;
             count(stat::DNAT_TRACKED);
+            count_traffic(
+                &svc_key.with_scope(scope::ANY),
+                &Backend {
+                    addr: entry.nat_addr,
+                    port: entry.nat_port,
+                    proto: flow.proto,
+                    flags: 0,
+                },
+                ctx.len(),
+                false,
+            );
             if entry.flags & ct_flags::SNAT != 0 {
                 nat::rewrite_source(ctx, &flow, entry.rev_addr, entry.rev_port)?;
                 return Ok(route::forward(ctx, entry.rev_addr, entry.nat_addr));
@@ -131,6 +156,7 @@ fn handle(ctx: &TcContext) -> Result<i32, ()> {
         return Ok(TC_ACT_SHOT);
     };
 
+    count_traffic(&svc_key.with_scope(scope::ANY), &backend, ctx.len(), false);
     if snat::needed(&flow, &svc, &backend) {
         return snat::new_flow(ctx, &flow, &fwd_key, &backend, backend_id, &svc, now);
     }

@@ -3,11 +3,11 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
 };
 use proxy_common::{
-    Backend, CtKey, CtValue, DatapathConfig, ServiceKey, ServiceValue, SlotKey, SourceRangeKey,
-    capacity, stat,
+    Backend, CtKey, CtValue, DatapathConfig, FrontendMeta, ServiceKey, ServiceValue, SlotKey,
+    SourceRangeKey, TrafficCounters, capacity, stat,
 };
 
 // Service, slot and backend maps are not preallocated: a preallocated hash map recycles a
@@ -43,6 +43,54 @@ pub static LOCAL_SOURCES: LpmTrie<u32, u8> = LpmTrie::pinned(capacity::LOCAL_SOU
 /// matches no frontend is refused rather than handed to the host, which has no such address.
 #[map(name = "SLUICE_VIPS4")]
 pub static VIPS: HashMap<u32, u32> = HashMap::pinned(capacity::VIPS, BPF_F_NO_PREALLOC);
+
+/// Written by the controller for `sluice inspect`; no program reads it, but defining it here
+/// makes it part of the object, so it is created and pinned with the others.
+#[map(name = "SLUICE_META4")]
+pub static META: HashMap<ServiceKey, FrontendMeta> =
+    HashMap::pinned(capacity::SERVICES, BPF_F_NO_PREALLOC);
+
+// Traffic counters are per CPU (no atomics on the hot path) and not preallocated: an entry's
+// per-CPU memory exists only for frontends and backends that carried traffic.
+#[map(name = "SLUICE_FE_STATS4")]
+pub static FRONTEND_STATS: PerCpuHashMap<ServiceKey, TrafficCounters> =
+    PerCpuHashMap::pinned(capacity::SERVICES, BPF_F_NO_PREALLOC);
+
+#[map(name = "SLUICE_BE_STATS4")]
+pub static BACKEND_STATS: PerCpuHashMap<Backend, TrafficCounters> =
+    PerCpuHashMap::pinned(capacity::BACKENDS, BPF_F_NO_PREALLOC);
+
+/// Adds one packet of `len` bytes to a frontend's and a backend's counters.
+#[inline(always)]
+pub fn count_traffic(frontend: &ServiceKey, backend: &Backend, len: u32, reply: bool) {
+    add_traffic(&FRONTEND_STATS, frontend, len, reply);
+    add_traffic(&BACKEND_STATS, backend, len, reply);
+}
+
+#[inline(always)]
+fn add_traffic<K>(map: &PerCpuHashMap<K, TrafficCounters>, key: &K, len: u32, reply: bool) {
+    let counters = match map.get_ptr_mut(key) {
+        Some(c) => c,
+        None => {
+            // A failed insert (full map, or another CPU inserting first) is harmless: the
+            // lookup below finds the entry if it exists at all.
+            let _ = map.insert(key, TrafficCounters::default(), 0);
+            match map.get_ptr_mut(key) {
+                Some(c) => c,
+                None => return,
+            }
+        }
+    };
+    // SAFETY: this CPU's own slot of a per-CPU element, valid for this invocation.
+    let counters = unsafe { &mut *counters };
+    if reply {
+        counters.reply_packets += 1;
+        counters.reply_bytes += u64::from(len);
+    } else {
+        counters.forward_packets += 1;
+        counters.forward_bytes += u64::from(len);
+    }
+}
 
 #[map(name = "SLUICE_SRC_RANGES4")]
 pub static SOURCE_RANGES: LpmTrie<SourceRangeKey, u8> = LpmTrie::pinned(capacity::SOURCE_RANGES, 0);

@@ -8,12 +8,15 @@ use std::{
 
 use tracing::{error, info, warn};
 
-use proxy_common::map_names;
+use proxy_common::{FrontendMeta, ServiceKey, map_names};
 
 use crate::{
     config::MapSizes,
     dataplane::{
-        layout::{SourceRangeEntry, Unserved, desired_maps, desired_source_ranges, desired_vips},
+        layout::{
+            SourceRangeEntry, Unserved, desired_maps, desired_meta, desired_source_ranges,
+            desired_vips,
+        },
         maps::PinnedMaps,
         plan::{self, SyncReport},
         snapshot::Snapshot,
@@ -59,10 +62,8 @@ pub struct Controller {
     last_inputs: std::sync::Arc<crate::source::Inputs>,
     /// Last-change trigger time per EndpointSlice already reported as programmed.
     programmed: BTreeMap<(String, String), String>,
-    /// What Sluice wrote into `SLUICE_SRC_RANGES4`.
-    source_ranges: BTreeSet<SourceRangeEntry>,
-    /// What Sluice wrote into `SLUICE_VIPS4`.
-    vips: BTreeSet<u32>,
+    /// What Sluice wrote into the maps beside the frontend maps.
+    side: SideMaps,
 }
 
 impl Controller {
@@ -78,11 +79,9 @@ impl Controller {
         // Adopt whatever an earlier run left in the maps: the first sync diffs against it
         // instead of flushing, so live flows keep their backends.
         let mirror = maps.snapshot();
-        let source_ranges = maps.source_range_entries();
-        let vips = maps.vip_entries();
+        let side = SideMaps::read(&maps);
         Self {
-            source_ranges,
-            vips,
+            side,
             maps,
             mirror,
             node,
@@ -181,18 +180,28 @@ impl Controller {
             }
             self.mirror = actual;
         }
-        let ranges = desired_source_ranges(&state, &node.node_addresses);
-        let vips = desired_vips(&state);
+        let side = SideMaps::desired(&state, &node);
         if full {
-            self.source_ranges = self.maps.source_range_entries();
-            self.vips = self.maps.vip_entries();
+            self.side = SideMaps::read(&self.maps);
         }
-        // Ranges are added before the frontends that check them and removed after, so a
-        // frontend never filters against a half-written set; a ClusterIP is marked before its
-        // first frontend appears and unmarked after its last is gone.
-        self.sync_key_sets(&ranges, &vips, true);
+        let metrics = &self.observer.metrics;
+        self.side
+            .sync(&side, Phase::Upsert, &mut self.maps, metrics);
         let report = plan::sync(&mut self.maps, &mut self.mirror, &desired);
-        self.sync_key_sets(&ranges, &vips, false);
+        self.side
+            .sync(&side, Phase::Remove, &mut self.maps, &self.observer.metrics);
+        if full {
+            let frontends = desired
+                .keys()
+                .filter(|k| k.scope == proxy_common::scope::ANY)
+                .copied()
+                .collect();
+            let backends = desired
+                .values()
+                .flat_map(|e| e.backends.iter().copied())
+                .collect();
+            self.maps.prune_traffic(&frontends, &backends);
+        }
         for (key, err) in &report.failed {
             error!(frontend = ?key, error = %err, "frontend not updated; its previous entry keeps serving");
             self.observer.metrics.record_store_error(err);
@@ -214,27 +223,6 @@ impl Controller {
             );
         }
         report
-    }
-
-    /// Adds the missing entries of the key-set maps (`add`) or removes the stale ones.
-    fn sync_key_sets(
-        &mut self,
-        ranges: &BTreeSet<SourceRangeEntry>,
-        vips: &BTreeSet<u32>,
-        add: bool,
-    ) {
-        let metrics = &self.observer.metrics;
-        let maps = &mut self.maps;
-        sync_key_set(
-            &mut self.source_ranges,
-            ranges,
-            add,
-            metrics,
-            |e, present| maps.set_source_range(e, present),
-        );
-        sync_key_set(&mut self.vips, vips, add, metrics, |e, present| {
-            maps.set_vip(e, present)
-        });
     }
 
     fn report_skipped(&mut self, state: &DesiredState) {
@@ -348,29 +336,93 @@ impl Controller {
     }
 }
 
-/// Brings a map that is a plain set of keys towards `desired`: adds what is missing (`add`) or
-/// removes what is stale, keeping `mirror` equal to what was written. A failed write is logged
-/// and counted, and retried at the next sync.
-fn sync_key_set<K: Ord + Copy + std::fmt::Debug>(
-    mirror: &mut BTreeSet<K>,
-    desired: &BTreeSet<K>,
-    add: bool,
+/// The maps beside the frontend maps. They need no bank protocol: an entry is written before
+/// the frontends that use it and removed after the last one is gone, so a frontend never
+/// consults a half-written set.
+#[derive(Debug, Default, PartialEq)]
+struct SideMaps {
+    source_ranges: BTreeMap<SourceRangeEntry, ()>,
+    vips: BTreeMap<u32, ()>,
+    meta: BTreeMap<ServiceKey, FrontendMeta>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Add missing entries and update changed ones.
+    Upsert,
+    /// Remove entries no longer desired.
+    Remove,
+}
+
+impl SideMaps {
+    fn desired(state: &DesiredState, node: &NodeContext) -> Self {
+        Self {
+            source_ranges: desired_source_ranges(state, &node.node_addresses)
+                .into_iter()
+                .map(|k| (k, ()))
+                .collect(),
+            vips: desired_vips(state).into_iter().map(|k| (k, ())).collect(),
+            meta: desired_meta(state),
+        }
+    }
+
+    fn read(maps: &PinnedMaps) -> Self {
+        Self {
+            source_ranges: maps.source_range_entries(),
+            vips: maps.vip_entries(),
+            meta: maps.meta_entries(),
+        }
+    }
+
+    /// Moves `self` (the mirror of what was written) and the kernel towards `desired`.
+    fn sync(&mut self, desired: &Self, phase: Phase, maps: &mut PinnedMaps, metrics: &Metrics) {
+        sync_entries(
+            &mut self.source_ranges,
+            &desired.source_ranges,
+            phase,
+            metrics,
+            |k, v| maps.set_source_range(k, v),
+        );
+        sync_entries(&mut self.vips, &desired.vips, phase, metrics, |k, v| {
+            maps.set_vip(k, v)
+        });
+        sync_entries(&mut self.meta, &desired.meta, phase, metrics, |k, v| {
+            maps.set_meta(k, v)
+        });
+    }
+}
+
+/// One phase of bringing a key → value map towards `desired`, keeping `mirror` equal to what
+/// was written. A failed write is logged and counted, and retried at the next sync.
+fn sync_entries<K: Ord + Copy + std::fmt::Debug, V: Copy + PartialEq>(
+    mirror: &mut BTreeMap<K, V>,
+    desired: &BTreeMap<K, V>,
+    phase: Phase,
     metrics: &Metrics,
-    mut write: impl FnMut(K, bool) -> Result<(), plan::StoreError>,
+    mut write: impl FnMut(K, Option<V>) -> Result<(), plan::StoreError>,
 ) {
-    let changes: Vec<K> = if add {
-        desired.difference(mirror).copied().collect()
-    } else {
-        mirror.difference(desired).copied().collect()
+    let changes: Vec<(K, Option<V>)> = match phase {
+        Phase::Upsert => desired
+            .iter()
+            .filter(|(k, v)| mirror.get(k) != Some(v))
+            .map(|(k, v)| (*k, Some(*v)))
+            .collect(),
+        Phase::Remove => mirror
+            .keys()
+            .filter(|k| !desired.contains_key(k))
+            .map(|k| (*k, None))
+            .collect(),
     };
-    for key in changes {
-        match write(key, add) {
-            Ok(()) if add => {
-                mirror.insert(key);
-            }
-            Ok(()) => {
-                mirror.remove(&key);
-            }
+    for (key, value) in changes {
+        match write(key, value) {
+            Ok(()) => match value {
+                Some(v) => {
+                    mirror.insert(key, v);
+                }
+                None => {
+                    mirror.remove(&key);
+                }
+            },
             Err(err) => {
                 error!(?key, error = %err, "map entry not written");
                 metrics.record_store_error(&err);

@@ -627,3 +627,87 @@ fn load_balancer_and_external_ips_serve_tcp_and_udp_and_source_ranges_filter() {
         .tcp_request(sock(Ipv4Addr::new(10, 0, 1, 1), 30402), TIMEOUT)
         .expect("the same Service's NodePort is not filtered");
 }
+
+/// Every frontend entry names its Service for `sluice inspect`; per-frontend and per-backend
+/// counters move with real traffic and add up; both go when the Service does.
+#[test]
+fn frontend_metadata_and_traffic_counters_follow_the_service() {
+    let (topo, scratch) = setup("counters", 2);
+    let _servers: Vec<_> = topo
+        .backends()
+        .iter()
+        .map(|b| b.tcp_server(8080).unwrap())
+        .collect();
+    let endpoints: Vec<_> = topo.backends().iter().map(v4).collect();
+    scratch.write_manifest(
+        "web.yaml",
+        &service_yaml("web", VIP, &[tcp("http", 80, 8080)], &endpoints),
+    );
+    let sluice = Sluice::start_with(&topo, &scratch, &["--sync-period", "1s"]);
+    let backends: Vec<_> = endpoints
+        .iter()
+        .map(|ip| SocketAddrV4::new(*ip, 8080))
+        .collect();
+    sluice.wait_for_backends(SocketAddrV4::new(VIP, 80), PROTO_TCP, &backends);
+    let key = service_key(SocketAddrV4::new(VIP, 80), PROTO_TCP);
+    let maps = sluice.maps();
+    let meta = maps.meta_entries()[&key];
+    let text = |bytes: &[u8]| {
+        String::from_utf8_lossy(bytes)
+            .trim_end_matches('\0')
+            .to_owned()
+    };
+    assert_eq!(
+        (
+            text(&meta.namespace),
+            text(&meta.name),
+            text(&meta.port_name)
+        ),
+        ("default".into(), "web".into(), "http".into())
+    );
+
+    let requests = 40;
+    for reply in topo.client().tcp_requests(sock(VIP, 80), requests, TIMEOUT) {
+        reply.expect("request through the ClusterIP");
+    }
+    let frontend = maps.frontend_traffic()[&key];
+    // A connection is at least SYN, ACK, request, FIN, ACK forward and SYN-ACK, reply,
+    // FIN, ACK back.
+    assert!(
+        frontend.forward_packets >= 4 * requests as u64,
+        "{frontend:?}"
+    );
+    assert!(
+        frontend.reply_packets >= 3 * requests as u64,
+        "{frontend:?}"
+    );
+    assert!(frontend.forward_bytes > frontend.forward_packets * 54);
+    let per_backend = maps.backend_traffic();
+    let summed: u64 = backends
+        .iter()
+        .map(|b| per_backend[&backend(*b, PROTO_TCP)].forward_packets)
+        .sum();
+    assert_eq!(
+        summed, frontend.forward_packets,
+        "backends add up to the frontend"
+    );
+    assert!(
+        backends
+            .iter()
+            .all(|b| per_backend[&backend(*b, PROTO_TCP)].reply_packets > 0),
+        "both backends answered"
+    );
+
+    std::fs::remove_file(scratch.manifests().join("web.yaml")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while maps.meta_entries().contains_key(&key)
+        || maps.frontend_traffic().contains_key(&key)
+        || !maps.backend_traffic().is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "metadata and counters of the removed Service were never pruned"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -5,7 +5,10 @@ use std::{
     net::IpAddr,
 };
 
-use proxy_common::{Backend, ServiceKey, SourceRangeKey, algorithm, scope, service_flags};
+use proxy_common::{
+    Backend, FrontendMeta, ServiceKey, SourceRangeKey, algorithm, frontend_kind, scope,
+    service_flags,
+};
 
 use crate::model::{DesiredState, EmptyAction, Frontend, FrontendKey, FrontendKind, Scope};
 
@@ -82,6 +85,53 @@ pub fn desired_vips(state: &DesiredState) -> BTreeSet<u32> {
             IpAddr::V6(_) => None,
         })
         .collect()
+}
+
+/// `SLUICE_META4`: which Service, port and kind every frontend entry (each scope entry and the
+/// split marker included) serves, for `sluice inspect`.
+pub fn desired_meta(state: &DesiredState) -> BTreeMap<ServiceKey, FrontendMeta> {
+    let mut entries = BTreeMap::new();
+    for frontend in state.frontends() {
+        let Some(key) = service_key(&frontend.key) else {
+            continue;
+        };
+        let meta = FrontendMeta {
+            namespace: padded(&frontend.service.namespace),
+            name: padded(&frontend.service.name),
+            port_name: padded(&frontend.port_name),
+            kind: match frontend.kind {
+                FrontendKind::ClusterIp => frontend_kind::CLUSTER_IP,
+                FrontendKind::NodePort => frontend_kind::NODE_PORT,
+                FrontendKind::LoadBalancer => frontend_kind::LOAD_BALANCER,
+                FrontendKind::ExternalIp => frontend_kind::EXTERNAL_IP,
+            },
+            _pad: [0; 3],
+            affinity_timeout: frontend.affinity_timeout.unwrap_or(0),
+        };
+        entries.insert(key, meta);
+        match frontend.key.scope {
+            Scope::Both => {}
+            Scope::Internal => {
+                entries.insert(key.with_scope(scope::INTERNAL), meta);
+            }
+            Scope::External => {
+                entries.insert(key.with_scope(scope::EXTERNAL), meta);
+            }
+        }
+    }
+    entries
+}
+
+/// `text` NUL-padded to `N` bytes, cut at a character boundary if it is longer (Kubernetes
+/// names always fit; a cut one still identifies the object for a person).
+fn padded<const N: usize>(text: &str) -> [u8; N] {
+    let mut out = [0u8; N];
+    let mut end = text.len().min(N);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    out[..end].copy_from_slice(&text.as_bytes()[..end]);
+    out
 }
 
 /// One `SLUICE_SRC_RANGES4` entry: its total prefix length and key data.
@@ -284,6 +334,44 @@ mod tests {
             desired_vips(&state),
             BTreeSet::from([u32::from_ne_bytes([10, 96, 0, 10])]),
             "only the ClusterIP refuses unknown ports"
+        );
+    }
+
+    #[test]
+    fn every_entry_of_a_split_frontend_names_its_service() {
+        let svc: Service = serde_yaml::from_str(
+            "metadata: {name: web, namespace: shop}\nspec:\n  type: NodePort\n  externalTrafficPolicy: Local\n  clusterIP: 10.96.0.10\n  ports: [{name: http, port: 80, nodePort: 30080}]\n",
+        )
+        .unwrap();
+        let slice: EndpointSlice = serde_yaml::from_str(
+            "metadata:\n  name: web-1\n  namespace: shop\n  labels: {kubernetes.io/service-name: web}\naddressType: IPv4\nports: [{name: http, port: 8080}]\nendpoints:\n  - {addresses: [10.0.0.2], nodeName: there}\n",
+        )
+        .unwrap();
+        let node = NodeContext::new(Some("here".into()), vec!["192.0.2.1".parse().unwrap()]);
+        let state = DesiredState::build(&[svc], &[slice], &node);
+        let (maps, _) = desired_maps(&state);
+        let meta = desired_meta(&state);
+        assert_eq!(
+            meta.keys().collect::<Vec<_>>(),
+            maps.keys().collect::<Vec<_>>(),
+            "one metadata entry per map entry"
+        );
+        let node_port = ServiceKey::new(u32::from_ne_bytes([192, 0, 2, 1]), 30080u16.to_be(), 6);
+        let m = &meta[&node_port.with_scope(scope::EXTERNAL)];
+        assert_eq!(&m.namespace[..5], b"shop\0");
+        assert_eq!(&m.name[..4], b"web\0");
+        assert_eq!(&m.port_name[..5], b"http\0");
+        assert_eq!(m.kind, frontend_kind::NODE_PORT);
+    }
+
+    #[test]
+    fn padding_cuts_at_a_character_boundary() {
+        assert_eq!(padded::<4>("ab"), *b"ab\0\0");
+        assert_eq!(padded::<4>("abcdef"), *b"abcd");
+        assert_eq!(
+            padded::<4>("abcé"),
+            *b"abc\0",
+            "é is two bytes and does not fit"
         );
     }
 

@@ -4,18 +4,18 @@
 //! all read the same kernel objects, whether or not this process loaded them.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     io,
     path::{Path, PathBuf},
 };
 
 use aya::maps::{
-    Array, HashMap, Map, MapData, MapError, PerCpuArray,
+    Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues,
     lpm_trie::{Key as LpmKey, LpmTrie},
 };
 use proxy_common::{
-    Backend, CtKey, CtValue, DatapathConfig, ServiceKey, ServiceValue, SlotKey, SourceRangeKey,
-    map_names, stat,
+    Backend, CtKey, CtValue, DatapathConfig, FrontendMeta, ServiceKey, ServiceValue, SlotKey,
+    SourceRangeKey, TrafficCounters, map_names, stat,
 };
 
 use super::{
@@ -54,6 +54,9 @@ pub struct PinnedMaps {
     pub local_sources: LpmTrie<MapData, u32, u8>,
     pub source_ranges: LpmTrie<MapData, SourceRangeKey, u8>,
     pub vips: HashMap<MapData, u32, u32>,
+    pub meta: HashMap<MapData, ServiceKey, FrontendMeta>,
+    pub frontend_stats: PerCpuHashMap<MapData, ServiceKey, TrafficCounters>,
+    pub backend_stats: PerCpuHashMap<MapData, Backend, TrafficCounters>,
 }
 
 fn open(dir: &Path, name: &str) -> Result<MapData, OpenError> {
@@ -99,44 +102,106 @@ impl PinnedMaps {
             source_ranges: LpmTrie::try_from(Map::LpmTrie(open(dir, SOURCE_RANGES)?))
                 .map_err(other(dir, SOURCE_RANGES))?,
             vips: HashMap::try_from(Map::HashMap(open(dir, VIPS)?)).map_err(other(dir, VIPS))?,
+            meta: HashMap::try_from(Map::HashMap(open(dir, META)?)).map_err(other(dir, META))?,
+            frontend_stats: PerCpuHashMap::try_from(Map::PerCpuHashMap(open(dir, FRONTEND_STATS)?))
+                .map_err(other(dir, FRONTEND_STATS))?,
+            backend_stats: PerCpuHashMap::try_from(Map::PerCpuHashMap(open(dir, BACKEND_STATS)?))
+                .map_err(other(dir, BACKEND_STATS))?,
         })
     }
 
-    /// The ClusterIPs in `SLUICE_VIPS4`.
-    pub fn vip_entries(&self) -> BTreeSet<u32> {
-        self.vips.keys().filter_map(Result::ok).collect()
+    /// Every frontend entry's metadata.
+    pub fn meta_entries(&self) -> BTreeMap<ServiceKey, FrontendMeta> {
+        self.meta.iter().filter_map(Result::ok).collect()
     }
 
-    /// Adds (`true`) or removes one ClusterIP of `SLUICE_VIPS4`.
-    pub fn set_vip(&mut self, addr: u32, present: bool) -> Result<(), StoreError> {
-        let result = if present {
-            self.vips.insert(addr, 0, 0)
-        } else {
-            ignore_missing(self.vips.remove(&addr))
+    /// Writes (`Some`) or removes one frontend entry's metadata.
+    pub fn set_meta(
+        &mut self,
+        key: ServiceKey,
+        meta: Option<FrontendMeta>,
+    ) -> Result<(), StoreError> {
+        let result = match meta {
+            Some(meta) => self.meta.insert(key, meta, 0),
+            None => ignore_missing(self.meta.remove(&key)),
+        };
+        result.map_err(|e| store_error(map_names::META, "maps.services", e))
+    }
+
+    /// Traffic per frontend, summed over CPUs.
+    pub fn frontend_traffic(&self) -> BTreeMap<ServiceKey, TrafficCounters> {
+        sum_per_cpu(self.frontend_stats.iter())
+    }
+
+    /// Traffic per backend, summed over CPUs.
+    pub fn backend_traffic(&self) -> BTreeMap<Backend, TrafficCounters> {
+        sum_per_cpu(self.backend_stats.iter())
+    }
+
+    /// Removes the traffic counters of frontends and backends that are gone, so a map that
+    /// only grows when traffic flows does not fill up with the dead.
+    pub fn prune_traffic(
+        &mut self,
+        frontends: &BTreeSet<ServiceKey>,
+        backends: &BTreeSet<Backend>,
+    ) {
+        let dead: Vec<ServiceKey> = self
+            .frontend_stats
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !frontends.contains(k))
+            .collect();
+        for key in dead {
+            let _ = self.frontend_stats.remove(&key);
+        }
+        let dead: Vec<Backend> = self
+            .backend_stats
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !backends.contains(k))
+            .collect();
+        for key in dead {
+            let _ = self.backend_stats.remove(&key);
+        }
+    }
+
+    /// The ClusterIPs in `SLUICE_VIPS4`.
+    pub fn vip_entries(&self) -> BTreeMap<u32, ()> {
+        self.vips
+            .keys()
+            .filter_map(Result::ok)
+            .map(|k| (k, ()))
+            .collect()
+    }
+
+    /// Adds (`Some`) or removes one ClusterIP of `SLUICE_VIPS4`.
+    pub fn set_vip(&mut self, addr: u32, present: Option<()>) -> Result<(), StoreError> {
+        let result = match present {
+            Some(()) => self.vips.insert(addr, 0, 0),
+            None => ignore_missing(self.vips.remove(&addr)),
         };
         result.map_err(|e| store_error(map_names::VIPS, "maps.services", e))
     }
 
     /// The `loadBalancerSourceRanges` entries in the kernel.
-    pub fn source_range_entries(&self) -> BTreeSet<SourceRangeEntry> {
+    pub fn source_range_entries(&self) -> BTreeMap<SourceRangeEntry, ()> {
         self.source_ranges
             .keys()
             .filter_map(Result::ok)
-            .map(|k| (k.prefix_len(), k.data()))
+            .map(|k| ((k.prefix_len(), k.data()), ()))
             .collect()
     }
 
-    /// Adds (`true`) or removes one `loadBalancerSourceRanges` entry.
+    /// Adds (`Some`) or removes one `loadBalancerSourceRanges` entry.
     pub fn set_source_range(
         &mut self,
         (prefix_len, data): SourceRangeEntry,
-        present: bool,
+        present: Option<()>,
     ) -> Result<(), StoreError> {
         let key = LpmKey::new(prefix_len, data);
-        let result = if present {
-            self.source_ranges.insert(&key, 1, 0)
-        } else {
-            ignore_missing(self.source_ranges.remove(&key))
+        let result = match present {
+            Some(()) => self.source_ranges.insert(&key, 1, 0),
+            None => ignore_missing(self.source_ranges.remove(&key)),
         };
         result.map_err(|e| match store_error(map_names::SOURCE_RANGES, "", e) {
             // Its size is fixed: there is no setting to name.
@@ -219,6 +284,25 @@ impl MapStore for PinnedMaps {
         };
         result.map_err(|e| store_error(map, setting, e))
     }
+}
+
+fn sum_per_cpu<K: Ord>(
+    entries: impl Iterator<Item = Result<(K, PerCpuValues<TrafficCounters>), MapError>>,
+) -> BTreeMap<K, TrafficCounters> {
+    entries
+        .filter_map(Result::ok)
+        .map(|(key, per_cpu)| {
+            let total = per_cpu
+                .iter()
+                .fold(TrafficCounters::default(), |a, c| TrafficCounters {
+                    forward_packets: a.forward_packets + c.forward_packets,
+                    forward_bytes: a.forward_bytes + c.forward_bytes,
+                    reply_packets: a.reply_packets + c.reply_packets,
+                    reply_bytes: a.reply_bytes + c.reply_bytes,
+                });
+            (key, total)
+        })
+        .collect()
 }
 
 fn store_error(map: &'static str, setting: &'static str, e: MapError) -> StoreError {
