@@ -16,6 +16,8 @@ pub mod map_names {
     pub const LOCAL_SOURCES: &str = "SLUICE_LOCAL4";
     pub const SOURCE_RANGES: &str = "SLUICE_SRC_RANGES4";
     pub const VIPS: &str = "SLUICE_VIPS4";
+    pub const AFFINITY: &str = "SLUICE_AFFINITY4";
+    pub const ROUND_ROBIN: &str = "SLUICE_RR";
     pub const META: &str = "SLUICE_META4";
     pub const FRONTEND_STATS: &str = "SLUICE_FE_STATS4";
     pub const BACKEND_STATS: &str = "SLUICE_BE_STATS4";
@@ -33,6 +35,26 @@ pub mod capacity {
     pub const SOURCE_RANGES: u32 = 65_536;
     /// Service addresses (ClusterIPs, load-balancer and external IPs) that are not the node's.
     pub const VIPS: u32 = 262_144;
+    /// Clients remembered for `sessionAffinity: ClientIP` (LRU).
+    pub const AFFINITY: u32 = 262_144;
+}
+
+/// `SLUICE_AFFINITY4` key: a client of one frontend entry (by its service id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AffinityKey {
+    pub client: u32,
+    pub service_id: u32,
+}
+
+/// `SLUICE_AFFINITY4` value: the backend the client was sent to, and when it last opened a
+/// flow (bpf_ktime_get_ns), from which `timeoutSeconds` counts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct AffinityValue {
+    pub backend_id: u32,
+    pub _pad: u32,
+    pub last_used_ns: u64,
 }
 
 pub const PROTO_TCP: u8 = 6;
@@ -83,7 +105,14 @@ pub mod scope {
 
 /// Selection algorithms, as stored in [`ServiceValue::algorithm`].
 pub mod algorithm {
+    /// A uniformly random slot (kube-proxy's iptables/nftables behaviour).
     pub const RANDOM: u8 = 0;
+    /// The next slot of a rotation shared by every CPU (`rr`).
+    pub const ROUND_ROBIN: u8 = 1;
+    /// A hash of the client address (`sh`): the same client, the same backend.
+    pub const SOURCE_HASH: u8 = 2;
+    /// Maglev consistent hashing (`mh`).
+    pub const MAGLEV: u8 = 3;
 }
 
 /// Flags in [`ServiceValue::flags`].
@@ -175,7 +204,8 @@ pub struct ServiceValue {
     pub bank: u8,
     pub algorithm: u8,
     pub flags: u16,
-    pub _pad: u32,
+    /// `sessionAffinity: ClientIP` timeout in seconds; 0: no affinity.
+    pub affinity_timeout: u32,
 }
 
 /// Key of one backend slot: `slot` counts from 0 within `bank` of frontend `service_id`.
@@ -302,6 +332,10 @@ pub mod stat {
     pub const DROP_SOURCE_RANGE: u32 = 15;
     /// Packets to a Service address on a port no Service has, refused.
     pub const REJECT_UNKNOWN_PORT: u32 = 16;
+    /// New flows sent to the backend a client's session affinity remembers.
+    pub const AFFINITY_HIT: u32 = 17;
+    /// Affinity entries found past their timeout (or their backend gone): chosen afresh.
+    pub const AFFINITY_EXPIRED: u32 = 18;
     pub const COUNT: u32 = 24;
 }
 
@@ -353,5 +387,7 @@ mod pod {
     unsafe impl aya::Pod for DatapathConfig {}
     unsafe impl aya::Pod for SourceRangeKey {}
     unsafe impl aya::Pod for FrontendMeta {}
+    unsafe impl aya::Pod for AffinityKey {}
+    unsafe impl aya::Pod for AffinityValue {}
     unsafe impl aya::Pod for TrafficCounters {}
 }

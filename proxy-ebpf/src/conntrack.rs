@@ -5,19 +5,22 @@ use proxy_common::{CtValue, DatapathConfig, PROTO_TCP, config_flags, ct_flags, d
 
 use crate::{maps::CONFIG, packet::Flow};
 
+static BUILT_IN: DatapathConfig = DatapathConfig {
+    tcp_syn_ns: default_lifetime::TCP_SYN_NS,
+    tcp_established_ns: default_lifetime::TCP_ESTABLISHED_NS,
+    tcp_closing_ns: default_lifetime::TCP_CLOSING_NS,
+    udp_ns: default_lifetime::UDP_NS,
+    udp_stream_ns: default_lifetime::UDP_STREAM_NS,
+    flags: 0,
+};
+
 /// The configured lifetimes, or the built-in ones when the controller has not written any.
+/// A reference, not a copy: stack space is scarce in BPF.
 #[inline(always)]
-pub fn lifetimes() -> DatapathConfig {
+pub fn lifetimes() -> &'static DatapathConfig {
     match CONFIG.get(0) {
-        Some(cfg) if cfg.flags & config_flags::SET != 0 => *cfg,
-        _ => DatapathConfig {
-            tcp_syn_ns: default_lifetime::TCP_SYN_NS,
-            tcp_established_ns: default_lifetime::TCP_ESTABLISHED_NS,
-            tcp_closing_ns: default_lifetime::TCP_CLOSING_NS,
-            udp_ns: default_lifetime::UDP_NS,
-            udp_stream_ns: default_lifetime::UDP_STREAM_NS,
-            flags: 0,
-        },
+        Some(cfg) if cfg.flags & config_flags::SET != 0 => cfg,
+        _ => &BUILT_IN,
     }
 }
 

@@ -22,8 +22,8 @@ const ICMP_PARAMETER_PROBLEM: u8 = 12;
 const ICMP_HLEN: usize = 8;
 
 /// Translates an ICMP error that quotes a tracked flow; anything else is left alone. Returns
-/// the tc verdict.
-#[inline(always)]
+/// the tc verdict. Not inlined, to keep its locals out of the main stack frame.
+#[inline(never)]
 pub fn reverse_nat_error(ctx: &TcContext, l4_off: usize) -> Result<i32, ()> {
     let kind: u8 = ctx.load(l4_off).map_err(|_| ())?;
     if kind != ICMP_DEST_UNREACH && kind != ICMP_TIME_EXCEEDED && kind != ICMP_PARAMETER_PROBLEM {

@@ -9,23 +9,22 @@ mod nat;
 mod packet;
 mod reject;
 mod route;
+mod select;
 mod snat;
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    helpers::bpf_ktime_get_ns,
     macros::classifier,
     programs::TcContext,
 };
 use proxy_common::{
-    Backend, CtKey, CtValue, ServiceKey, ServiceValue, SlotKey, ct_dir, ct_flags, scope,
-    service_flags, stat,
+    Backend, CtKey, CtValue, ServiceKey, ServiceValue, ct_dir, ct_flags, scope, service_flags, stat,
 };
 
 use crate::{
     maps::{
-        BACKENDS, CONNTRACK, SERVICES, SLOTS, VIPS, count, count_traffic, is_local_source,
-        source_allowed,
+        BACKENDS, CONNTRACK, SERVICES, VIPS, count, count_traffic, is_local_source, source_allowed,
     },
     packet::{Flow, Parsed},
 };
@@ -42,15 +41,67 @@ pub fn sluice_tc_ingress(ctx: TcContext) -> i32 {
     }
 }
 
+// The packet path is split into functions the compiler must not inline: each gets its own
+// stack frame, and the verifier caps the frames along any call chain at 512 bytes, which one
+// frame holding every path's locals at once exceeds.
+
 fn handle(ctx: &TcContext) -> Result<i32, ()> {
     let flow = match Flow::parse(ctx)? {
         Parsed::Flow(flow) => flow,
         Parsed::Icmp { l4_off } => return icmp::reverse_nat_error(ctx, l4_off),
         Parsed::Other => return Ok(TC_ACT_OK),
     };
-
     // Replies are checked first: a backend's answer must be recognised even if the backend
     // address is itself a frontend of some other Service.
+    if let Some(verdict) = reply(ctx, &flow)? {
+        return Ok(verdict);
+    }
+    match to_frontend(ctx, &flow)? {
+        Next::Verdict(verdict) => Ok(verdict),
+        next => masquerade(ctx, &flow, &next),
+    }
+}
+
+/// Starts a masqueraded flow (`Next::Masquerade`).
+#[inline(never)]
+fn masquerade(ctx: &TcContext, flow: &Flow, next: &Next) -> Result<i32, ()> {
+    let Next::Masquerade {
+        backend_id,
+        backend,
+        svc,
+        now,
+    } = next
+    else {
+        return Ok(TC_ACT_OK);
+    };
+    let fwd_key = flow.ct_key(ct_dir::FORWARD);
+    let new = snat::NewFlow {
+        flow,
+        fwd_key: &fwd_key,
+        backend,
+        backend_id: *backend_id,
+        svc,
+        now: *now,
+    };
+    snat::new_flow(ctx, &new)
+}
+
+/// What `to_frontend` leaves to its caller.
+enum Next {
+    Verdict(i32),
+    /// A new flow to `backend` that must be source-NATed.
+    Masquerade {
+        backend_id: u32,
+        backend: Backend,
+        svc: ServiceValue,
+        now: u64,
+    },
+}
+
+/// Reverse translation of a tracked flow's reply; `None` if `flow` is not one.
+#[inline(never)]
+fn reply(ctx: &TcContext, flow: &Flow) -> Result<Option<i32>, ()> {
+    let flow = *flow;
     let reply_key = flow.ct_key(ct_dir::REPLY);
     if let Some(entry) = CONNTRACK.get_ptr_mut(reply_key) {
         // SAFETY: the pointer comes from a successful lookup in an LRU map and is only used
@@ -81,33 +132,40 @@ fn handle(ctx: &TcContext) -> Result<i32, ()> {
             true,
         );
         if entry.flags & ct_flags::ROUTE_REPLIES != 0 {
-            return Ok(route::forward(ctx, entry.nat_addr, client));
+            return Ok(Some(route::forward(ctx, entry.nat_addr, client)));
         }
-        return Ok(TC_ACT_OK);
+        return Ok(Some(TC_ACT_OK));
     }
+    Ok(None)
+}
 
+/// A packet that is not a reply: to a frontend (or a Service address), or none of Sluice's
+/// business.
+#[inline(never)]
+fn to_frontend(ctx: &TcContext, flow: &Flow) -> Result<Next, ()> {
+    let flow = *flow;
     let Some((svc_key, svc)) = frontend(&flow) else {
         // SAFETY: only the presence of the key is used.
         if unsafe { VIPS.get(flow.daddr) }.is_some() {
             count(stat::REJECT_UNKNOWN_PORT);
-            return Ok(reject::refuse(ctx, &flow));
+            return Ok(Next::Verdict(reject::refuse(ctx, &flow)));
         }
-        return Ok(TC_ACT_OK);
+        return Ok(Next::Verdict(TC_ACT_OK));
     };
     if svc.count == 0 {
         count(stat::DROP_NO_BACKEND);
         if svc.flags & service_flags::DROP_WHEN_EMPTY != 0 {
             count(stat::DROP_LOCAL_POLICY);
-            return Ok(TC_ACT_SHOT);
+            return Ok(Next::Verdict(TC_ACT_SHOT));
         }
-        return Ok(reject::refuse(ctx, &flow));
+        return Ok(Next::Verdict(reject::refuse(ctx, &flow)));
     }
 
     let now = unsafe { bpf_ktime_get_ns() };
     let fwd_key = flow.ct_key(ct_dir::FORWARD);
     if let Some(entry) = CONNTRACK.get_ptr_mut(fwd_key) {
         let entry = unsafe { &mut *entry };
-        if !conntrack::still_valid(entry, &flow, now, &conntrack::lifetimes()) {
+        if !conntrack::still_valid(entry, &flow, now, conntrack::lifetimes()) {
             count(stat::CT_EXPIRED);
         } else if backend_still_serves(entry) {
             conntrack::touch(entry, &flow, now);
@@ -126,9 +184,13 @@ fn handle(ctx: &TcContext) -> Result<i32, ()> {
             );
             if entry.flags & ct_flags::SNAT != 0 {
                 nat::rewrite_source(ctx, &flow, entry.rev_addr, entry.rev_port)?;
-                return Ok(route::forward(ctx, entry.rev_addr, entry.nat_addr));
+                return Ok(Next::Verdict(route::forward(
+                    ctx,
+                    entry.rev_addr,
+                    entry.nat_addr,
+                )));
             }
-            return Ok(TC_ACT_OK);
+            return Ok(Next::Verdict(TC_ACT_OK));
         }
         // Expired, or the backend this flow was pinned to is gone: choose again rather than
         // send the packet into a black hole (kube-proxy's stale UDP conntrack problem).
@@ -138,32 +200,43 @@ fn handle(ctx: &TcContext) -> Result<i32, ()> {
     // before its range was removed finishes.
     if svc.flags & service_flags::SOURCE_RANGES != 0 && !source_allowed(&svc_key, flow.saddr) {
         count(stat::DROP_SOURCE_RANGE);
-        return Ok(TC_ACT_SHOT);
+        return Ok(Next::Verdict(TC_ACT_SHOT));
     }
 
     // The controller deletes an old bank's slots (and unused backends) right after flipping
     // the master entry, so a packet that read the entry just before the flip can miss its
     // slot. The flip always precedes the deletion, so reading the entry again finds the new
     // bank complete: one retry closes the window.
-    let Some((backend_id, backend)) = select(&svc).or_else(|| {
-        let again = (unsafe { SERVICES.get(svc_key) }).copied()?;
-        if again.count == 0 {
-            return None;
-        }
-        select(&again)
-    }) else {
+    let chosen = select::remembered(&flow, &svc, now)
+        .or_else(|| select::by_algorithm(&flow, &svc))
+        .or_else(|| {
+            let again = (unsafe { SERVICES.get(svc_key) }).copied()?;
+            if again.count == 0 {
+                return None;
+            }
+            select::by_algorithm(&flow, &again)
+        });
+    let Some((backend_id, backend)) = chosen else {
         count(stat::DROP_BAD_SLOT);
-        return Ok(TC_ACT_SHOT);
+        return Ok(Next::Verdict(TC_ACT_SHOT));
     };
+    select::remember(&flow, &svc, backend_id, now);
 
     count_traffic(&svc_key.with_scope(scope::ANY), &backend, ctx.len(), false);
     if snat::needed(&flow, &svc, &backend) {
-        return snat::new_flow(ctx, &flow, &fwd_key, &backend, backend_id, &svc, now);
+        // Returned rather than called from here, so that this function's frame is gone from
+        // the stack while the masquerading code runs.
+        return Ok(Next::Masquerade {
+            backend_id,
+            backend,
+            svc,
+            now,
+        });
     }
-    track(&flow, &fwd_key, &backend, backend_id, &svc, now);
+    track(&flow, &backend, backend_id, &svc, now);
     nat::rewrite_destination(ctx, &flow, backend.addr, backend.port)?;
     count(stat::DNAT_NEW_FLOW);
-    Ok(TC_ACT_OK)
+    Ok(Next::Verdict(TC_ACT_OK))
 }
 
 /// The frontend entry serving this packet's client, if the packet is for a frontend.
@@ -215,15 +288,6 @@ fn mark_forward_entry(reply: &Flow, reply_entry: &CtValue, now: u64) {
     }
 }
 
-/// A random backend of the frontend's live bank, if its slot and backend entries exist.
-#[inline(always)]
-fn select(svc: &ServiceValue) -> Option<(u32, Backend)> {
-    let index = unsafe { bpf_get_prandom_u32() } % svc.count;
-    let backend_id = (unsafe { SLOTS.get(SlotKey::new(svc.id, svc.bank, index)) }).copied()?;
-    let backend = (unsafe { BACKENDS.get(backend_id) }).copied()?;
-    Some((backend_id, backend))
-}
-
 fn backend_still_serves(entry: &CtValue) -> bool {
     match unsafe { BACKENDS.get(entry.backend_id) } {
         Some(b) => b.addr == entry.nat_addr && b.port == entry.nat_port,
@@ -231,15 +295,11 @@ fn backend_still_serves(entry: &CtValue) -> bool {
     }
 }
 
-/// Records both directions of a new flow so later packets and replies skip selection.
-fn track(
-    flow: &Flow,
-    fwd_key: &CtKey,
-    backend: &Backend,
-    backend_id: u32,
-    svc: &ServiceValue,
-    now: u64,
-) {
+/// Records both directions of a new flow so later packets and replies skip selection. Not
+/// inlined: its entries would otherwise enlarge the caller's stack frame.
+#[inline(never)]
+fn track(flow: &Flow, backend: &Backend, backend_id: u32, svc: &ServiceValue, now: u64) {
+    let fwd_key = flow.ct_key(ct_dir::FORWARD);
     let flags = if svc.flags & service_flags::ROUTE_REPLIES != 0 {
         ct_flags::ROUTE_REPLIES
     } else {

@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
 };
 use proxy_common::{
-    Backend, CtKey, CtValue, DatapathConfig, FrontendMeta, ServiceKey, ServiceValue, SlotKey,
-    SourceRangeKey, TrafficCounters, capacity, stat,
+    AffinityKey, AffinityValue, Backend, CtKey, CtValue, DatapathConfig, FrontendMeta, ServiceKey,
+    ServiceValue, SlotKey, SourceRangeKey, TrafficCounters, capacity, stat,
 };
 
 // Service, slot and backend maps are not preallocated: a preallocated hash map recycles a
@@ -91,6 +91,15 @@ fn add_traffic<K>(map: &PerCpuHashMap<K, TrafficCounters>, key: &K, len: u32, re
         counters.forward_bytes += u64::from(len);
     }
 }
+
+/// Each round-robin frontend's position in its rotation, by service id, per CPU.
+#[map(name = "SLUICE_RR")]
+pub static ROUND_ROBIN: PerCpuHashMap<u32, u32> =
+    PerCpuHashMap::pinned(capacity::SERVICES, BPF_F_NO_PREALLOC);
+
+#[map(name = "SLUICE_AFFINITY4")]
+pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
+    LruHashMap::pinned(capacity::AFFINITY, 0);
 
 #[map(name = "SLUICE_SRC_RANGES4")]
 pub static SOURCE_RANGES: LpmTrie<SourceRangeKey, u8> = LpmTrie::pinned(capacity::SOURCE_RANGES, 0);

@@ -24,6 +24,7 @@ const IP_MF_OFFSET_MASK: u16 = 0x3fff;
 
 /// The parts of an IPv4 TCP/UDP packet the datapath needs. Addresses and ports are in network
 /// byte order, as on the wire.
+#[derive(Clone, Copy)]
 pub struct Flow {
     pub saddr: u32,
     pub daddr: u32,

@@ -72,8 +72,9 @@ struct IcmpError {
     quoted_l4: [u8; UDP_HLEN],
 }
 
-/// Refuses `flow`'s packet; returns the tc verdict.
-#[inline(always)]
+/// Refuses `flow`'s packet; returns the tc verdict. Not inlined: its headers would otherwise
+/// add to the main program's stack frame, and the verifier caps a call chain at 512 bytes.
+#[inline(never)]
 pub fn refuse(ctx: &TcContext, flow: &Flow) -> i32 {
     // A header with options would have to be shifted; such packets are rare enough to drop.
     // A reset is never answered, or two hosts could reset each other forever.

@@ -11,10 +11,16 @@ use aya_ebpf::{
         bpf_fib_lookup,
     },
     helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh},
+    macros::map,
+    maps::PerCpuArray,
     programs::TcContext,
 };
 
 use crate::packet::{ETH_HLEN, IPV4_CSUM_OFF};
+
+/// One FIB lookup's parameters per CPU.
+#[map(name = "SLUICE_FIB_SCRATCH")]
+static FIB_SCRATCH: PerCpuArray<bpf_fib_lookup> = PerCpuArray::with_max_entries(1, 0);
 
 const AF_INET: u8 = 2;
 const TTL_OFF: usize = ETH_HLEN + 8;
@@ -22,7 +28,7 @@ const TTL_OFF: usize = ETH_HLEN + 8;
 /// Routes the (already translated) IPv4 packet from `saddr` to `daddr`; the tc verdict.
 /// Anything the FIB cannot resolve here (local delivery, no route, an expiring TTL) is left
 /// to the stack.
-#[inline(always)]
+#[inline(never)]
 pub fn forward(ctx: &TcContext, saddr: u32, daddr: u32) -> i32 {
     match try_forward(ctx, saddr, daddr) {
         Ok(verdict) => verdict,
@@ -32,35 +38,40 @@ pub fn forward(ctx: &TcContext, saddr: u32, daddr: u32) -> i32 {
 
 fn try_forward(ctx: &TcContext, saddr: u32, daddr: u32) -> Result<i32, ()> {
     match lookup(ctx, saddr, daddr, 0)? {
-        Some(next_hop) => send(ctx, &next_hop),
+        Some(next_hop) => send(ctx, next_hop),
         None => Ok(TC_ACT_OK),
     }
 }
 
 /// Where the FIB sends a packet from `saddr` (0: any) to `daddr`, if it is forwarded at all.
 /// With `BPF_FIB_LOOKUP_SRC` in `flags` the result's `ipv4_src` is the address the node
-/// would use as source toward `daddr`.
+/// would use as source toward `daddr`. The result lives in this CPU's scratch element (the
+/// structure is too large for the 512-byte BPF stack budget), valid until the next lookup.
 #[inline(always)]
 pub fn lookup(
     ctx: &TcContext,
     saddr: u32,
     daddr: u32,
     flags: u32,
-) -> Result<Option<bpf_fib_lookup>, ()> {
+) -> Result<Option<&'static mut bpf_fib_lookup>, ()> {
     let tot_len = u16::from_be(ctx.load::<u16>(ETH_HLEN + 2).map_err(|_| ())?);
+    let params = FIB_SCRATCH.get_ptr_mut(0).ok_or(())?;
+    // SAFETY: this CPU's own element of a per-CPU array; nothing else on this CPU runs BPF
+    // code until this program returns.
+    let params = unsafe { &mut *params };
     // SAFETY: an all-zero bpf_fib_lookup is a valid input (plain integers and unions of them).
-    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    *params = unsafe { core::mem::zeroed() };
     params.family = AF_INET;
     // SAFETY: reading a field of the program's own skb context.
     params.ifindex = unsafe { (*ctx.skb.skb).ifindex };
     params.__bindgen_anon_1.tot_len = tot_len;
     params.__bindgen_anon_3.ipv4_src = saddr;
     params.__bindgen_anon_4.ipv4_dst = daddr;
-    // SAFETY: `params` is a live stack object of the size passed.
+    // SAFETY: `params` points to a live map value of the size passed.
     let ret = unsafe {
         fib_lookup(
             ctx.skb.skb.cast(),
-            &mut params,
+            params,
             core::mem::size_of::<bpf_fib_lookup>() as i32,
             flags,
         )

@@ -36,18 +36,30 @@ pub fn needed(flow: &Flow, svc: &ServiceValue, backend: &Backend) -> bool {
     svc.flags & service_flags::MASQUERADE_EXTERNAL != 0 && !is_local_source(flow.saddr)
 }
 
-/// Translates the first packet of a new flow to `backend` with a node address and a free
-/// port as its source, records both directions, and sends it on; the tc verdict.
-#[inline(always)]
-pub fn new_flow(
-    ctx: &TcContext,
-    flow: &Flow,
-    fwd_key: &CtKey,
-    backend: &Backend,
-    backend_id: u32,
-    svc: &ServiceValue,
-    now: u64,
-) -> Result<i32, ()> {
+/// A new flow and the backend chosen for it.
+pub struct NewFlow<'a> {
+    pub flow: &'a Flow,
+    pub fwd_key: &'a CtKey,
+    pub backend: &'a Backend,
+    pub backend_id: u32,
+    pub svc: &'a ServiceValue,
+    pub now: u64,
+}
+
+/// Translates the first packet of a new flow to its backend with a node address and a free
+/// port as its source, records both directions, and sends it on; the tc verdict. Not inlined
+/// (hence one argument struct: BPF calls take at most five), to keep its locals out of the
+/// main stack frame.
+#[inline(never)]
+pub fn new_flow(ctx: &TcContext, new: &NewFlow) -> Result<i32, ()> {
+    let NewFlow {
+        flow,
+        fwd_key,
+        backend,
+        backend_id,
+        svc,
+        now,
+    } = *new;
     // The source the node itself would use toward the backend; its route is needed anyway,
     // since a packet with a node address as source cannot go back through the stack.
     let Some(next_hop) = route::lookup(ctx, 0, backend.addr, BPF_FIB_LOOKUP_SRC)? else {
@@ -81,7 +93,7 @@ pub fn new_flow(
     nat::rewrite_destination(ctx, flow, backend.addr, backend.port)?;
     nat::rewrite_source(ctx, flow, node_addr, node_port)?;
     count(stat::SNAT_NEW_FLOW);
-    route::send(ctx, &next_hop)
+    route::send(ctx, next_hop)
 }
 
 /// Claims a source port on `node_addr` toward the backend by inserting the flow's reply entry
@@ -117,7 +129,7 @@ fn reserve_port(flow: &Flow, backend: &Backend, node_addr: u32, base: &CtValue) 
         // with NOEXIST keeps the claim atomic should another CPU reclaim it at the same time.
         // SAFETY: the value is read at once, within this program invocation.
         let stale = unsafe { CONNTRACK.get(key) }.is_some_and(|held| {
-            conntrack::expired(held, flow.proto, base.last_seen_ns, &conntrack::lifetimes())
+            conntrack::expired(held, flow.proto, base.last_seen_ns, conntrack::lifetimes())
         });
         if stale
             && CONNTRACK.remove(key).is_ok()

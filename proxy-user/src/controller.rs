@@ -11,7 +11,7 @@ use tracing::{error, info, warn};
 use proxy_common::{FrontendMeta, ServiceKey, map_names};
 
 use crate::{
-    config::MapSizes,
+    config::{MapSizes, Scheduler},
     dataplane::{
         layout::{
             SourceRangeEntry, Unserved, desired_maps, desired_meta, desired_source_ranges,
@@ -35,6 +35,8 @@ pub struct SyncSettings {
     pub min_sync_period: Duration,
     /// Interval of full reconciles against the kernel's maps.
     pub sync_period: Duration,
+    /// How backends are chosen where a Service does not say (`sluice.dev/scheduler`).
+    pub scheduler: Scheduler,
 }
 
 impl Default for SyncSettings {
@@ -42,6 +44,7 @@ impl Default for SyncSettings {
         Self {
             min_sync_period: Duration::from_secs(1),
             sync_period: Duration::from_secs(30),
+            scheduler: Scheduler::Random,
         }
     }
 }
@@ -171,7 +174,7 @@ impl Controller {
         let state = DesiredState::build(&snapshot.services, &snapshot.slices, &node);
         self.report_skipped(&state);
         self.publish_health_checks(&state);
-        let (desired, unserved) = desired_maps(&state);
+        let (desired, unserved) = desired_maps(&state, self.settings.scheduler);
         self.report_unserved(&unserved);
         if full {
             let actual = self.maps.snapshot();
@@ -272,6 +275,9 @@ impl Controller {
                 Unserved::Ipv6 => {
                     format!("{key}: IPv6 frontends are not served by this datapath yet")
                 }
+                Unserved::Maglev => format!(
+                    "{key}: Maglev (mh) is not in the datapath yet; backends are chosen at random"
+                ),
             })
             .collect();
         for line in now.difference(&self.last_unserved) {

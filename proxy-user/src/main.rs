@@ -91,6 +91,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let settings = SyncSettings {
         min_sync_period: config.min_sync_period,
         sync_period: config.sync_period,
+        scheduler: config.scheduler,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -10,7 +10,10 @@ use proxy_common::{
     service_flags,
 };
 
-use crate::model::{DesiredState, EmptyAction, Frontend, FrontendKey, FrontendKind, Scope};
+use crate::{
+    config::Scheduler,
+    model::{DesiredState, EmptyAction, Frontend, FrontendKey, FrontendKind, Scope},
+};
 
 /// What one frontend should look like in the maps, before ids are assigned.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -20,6 +23,8 @@ pub struct FrontendEntry {
     pub algorithm: u8,
     /// [`service_flags`] other than `PRESENT`, which the planner adds.
     pub flags: u16,
+    /// `sessionAffinity: ClientIP` timeout in seconds; 0: none.
+    pub affinity_timeout: u32,
 }
 
 pub type DesiredMaps = BTreeMap<ServiceKey, FrontendEntry>;
@@ -29,6 +34,9 @@ pub type DesiredMaps = BTreeMap<ServiceKey, FrontendEntry>;
 pub enum Unserved {
     /// The datapath serves IPv4 only so far.
     Ipv6,
+    /// Maglev (`mh`) is asked for, but the datapath has no Maglev tables yet: the frontend is
+    /// served, choosing at random.
+    Maglev,
 }
 
 /// Map contents for every frontend the IPv4 datapath can serve, plus the frontends it cannot
@@ -38,7 +46,10 @@ pub enum Unserved {
 /// per scope (its traffic policies give internal and external clients different endpoints)
 /// becomes an entry per scope plus an `ANY` entry flagged `SPLIT_SCOPES` that sends the
 /// datapath to them.
-pub fn desired_maps(state: &DesiredState) -> (DesiredMaps, Vec<(FrontendKey, Unserved)>) {
+pub fn desired_maps(
+    state: &DesiredState,
+    default_scheduler: Scheduler,
+) -> (DesiredMaps, Vec<(FrontendKey, Unserved)>) {
     let mut maps = DesiredMaps::new();
     let mut unsupported = Vec::new();
     for frontend in state.frontends() {
@@ -46,7 +57,10 @@ pub fn desired_maps(state: &DesiredState) -> (DesiredMaps, Vec<(FrontendKey, Uns
             unsupported.push((frontend.key, Unserved::Ipv6));
             continue;
         };
-        let entry = frontend_entry(frontend);
+        let entry = frontend_entry(frontend, default_scheduler);
+        if entry.algorithm == algorithm::MAGLEV {
+            unsupported.push((frontend.key, Unserved::Maglev));
+        }
         match frontend.key.scope {
             Scope::Both => {
                 maps.insert(key, entry);
@@ -63,6 +77,7 @@ pub fn desired_maps(state: &DesiredState) -> (DesiredMaps, Vec<(FrontendKey, Uns
                         backends: Vec::new(),
                         algorithm: entry.algorithm,
                         flags: service_flags::SPLIT_SCOPES,
+                        affinity_timeout: 0,
                     },
                 );
                 maps.insert(key.with_scope(scope), entry);
@@ -190,7 +205,7 @@ fn service_key(key: &FrontendKey) -> Option<ServiceKey> {
     ))
 }
 
-fn frontend_entry(frontend: &Frontend) -> FrontendEntry {
+fn frontend_entry(frontend: &Frontend, default_scheduler: Scheduler) -> FrontendEntry {
     let proto = frontend.key.protocol.number();
     let backends = frontend
         .endpoints
@@ -220,8 +235,14 @@ fn frontend_entry(frontend: &Frontend) -> FrontendEntry {
     }
     FrontendEntry {
         backends,
-        algorithm: algorithm::RANDOM,
+        algorithm: match frontend.scheduler.unwrap_or(default_scheduler) {
+            Scheduler::Random => algorithm::RANDOM,
+            Scheduler::RoundRobin => algorithm::ROUND_ROBIN,
+            Scheduler::SourceHash => algorithm::SOURCE_HASH,
+            Scheduler::Maglev => algorithm::MAGLEV,
+        },
         flags,
+        affinity_timeout: frontend.affinity_timeout.unwrap_or(0),
     }
 }
 
@@ -247,7 +268,7 @@ mod tests {
         .unwrap();
         let node = NodeContext::new(Some("here".into()), vec!["192.0.2.1".parse().unwrap()]);
         let state = DesiredState::build(&[svc], &[slice], &node);
-        let (maps, unserved) = desired_maps(&state);
+        let (maps, unserved) = desired_maps(&state, Scheduler::Random);
         let node_port = ServiceKey::new(u32::from_ne_bytes([192, 0, 2, 1]), 30080u16.to_be(), 6);
         assert_eq!(maps[&node_port].flags, service_flags::SPLIT_SCOPES);
         assert!(maps[&node_port].backends.is_empty());
@@ -284,7 +305,7 @@ mod tests {
         .unwrap();
         let node = NodeContext::new(Some("here".into()), vec!["192.0.2.1".parse().unwrap()]);
         let state = DesiredState::build(&[svc], &[slice], &node);
-        let (maps, _) = desired_maps(&state);
+        let (maps, _) = desired_maps(&state, Scheduler::Random);
         let node_port = ServiceKey::new(u32::from_ne_bytes([192, 0, 2, 1]), 30080u16.to_be(), 6);
         let external = &maps[&node_port.with_scope(scope::EXTERNAL)];
         assert!(external.backends.is_empty());
@@ -308,7 +329,7 @@ mod tests {
         .unwrap();
         let node = NodeContext::new(Some("here".into()), vec!["192.0.2.1".parse().unwrap()]);
         let state = DesiredState::build(&[svc], &[], &node);
-        let (maps, _) = desired_maps(&state);
+        let (maps, _) = desired_maps(&state, Scheduler::Random);
         let lb = ServiceKey::new(u32::from_ne_bytes([198, 51, 100, 7]), 80u16.to_be(), 6);
         assert_ne!(maps[&lb].flags & service_flags::SOURCE_RANGES, 0);
         let filtered = maps
@@ -349,7 +370,7 @@ mod tests {
         .unwrap();
         let node = NodeContext::new(Some("here".into()), vec!["192.0.2.1".parse().unwrap()]);
         let state = DesiredState::build(&[svc], &[slice], &node);
-        let (maps, _) = desired_maps(&state);
+        let (maps, _) = desired_maps(&state, Scheduler::Random);
         let meta = desired_meta(&state);
         assert_eq!(
             meta.keys().collect::<Vec<_>>(),
@@ -383,7 +404,7 @@ mod tests {
         )
         .unwrap();
         let state = DesiredState::build(&[svc], &[], &NodeContext::default());
-        let (maps, _) = desired_maps(&state);
+        let (maps, _) = desired_maps(&state, Scheduler::Random);
         let entry = maps.values().next().unwrap();
         assert!(entry.backends.is_empty());
         assert_eq!(entry.flags, 0);

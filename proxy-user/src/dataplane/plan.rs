@@ -88,7 +88,7 @@ pub fn plan_updates(current: &Snapshot, desired: &DesiredMaps) -> Vec<Group> {
             bank,
             algorithm: entry.algorithm,
             flags: service_flags::PRESENT | entry.flags,
-            _pad: 0,
+            affinity_timeout: entry.affinity_timeout,
         };
         if existing != Some(&value) {
             ops.push(Op::PutService(*key, value));

@@ -104,7 +104,9 @@ pub fn wait_for_tcp_port(host: &Host, addr: SocketAddr, timeout: Duration) -> Re
     })
 }
 
-fn tcp_once(dest: SocketAddr, timeout: Duration) -> Result<Reply> {
+/// One TCP request from the calling thread's own namespace (inside [`Host::run`]), for tests
+/// that must control the thread itself (its CPU, say).
+pub fn tcp_once(dest: SocketAddr, timeout: Duration) -> Result<Reply> {
     let mut stream = TcpStream::connect_timeout(&dest, timeout).context("connect")?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;

@@ -10,7 +10,7 @@ mod client;
 mod server;
 mod topology;
 
-pub use client::{Reply, wait_for_tcp_port};
+pub use client::{Reply, tcp_once, wait_for_tcp_port};
 pub use server::{TcpServer, UdpServer};
 pub use topology::Topology;
 

@@ -32,6 +32,7 @@ fn desired(entries: &[(u8, &[u8])]) -> DesiredMaps {
                     backends: bs.iter().map(|b| backend(*b)).collect(),
                     algorithm: algorithm::RANDOM,
                     flags: 0,
+                    affinity_timeout: 0,
                 },
             )
         })
@@ -221,6 +222,7 @@ fn arb_desired() -> impl Strategy<Value = DesiredMaps> {
                         backends: bs.into_iter().map(backend).collect(),
                         algorithm: algorithm::RANDOM,
                         flags: 0,
+                        affinity_timeout: 0,
                     },
                 )
             })

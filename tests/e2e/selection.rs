@@ -1,0 +1,223 @@
+//! Backend selection end to end: round robin, source hash and ClientIP session affinity, with
+//! real connections through the datapath.
+
+mod common;
+
+use std::{
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket},
+    time::Duration,
+};
+
+use common::*;
+use proxy_common::{PROTO_TCP, PROTO_UDP, stat};
+use sluice_testbed::{Topology, require_root};
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 50);
+const TIMEOUT: Duration = Duration::from_secs(3);
+
+fn setup(test: &str, backends: usize) -> (Topology, Scratch) {
+    require_root();
+    (
+        Topology::star(test, backends).expect("building the test bed"),
+        Scratch::new(test),
+    )
+}
+
+/// `service_yaml` with extra lines under `metadata:` (annotations) and under `spec:`.
+fn service_with(
+    name: &str,
+    ports: &[Port<'_>],
+    endpoints: &[Ipv4Addr],
+    meta: &str,
+    spec: &str,
+) -> String {
+    service_yaml(name, VIP, ports, endpoints).replacen(
+        "  namespace: default\nspec:\n",
+        &format!("  namespace: default\n{meta}spec:\n{spec}"),
+        1,
+    )
+}
+
+fn backend_addrs(topo: &Topology, port: u16) -> Vec<SocketAddrV4> {
+    topo.backends()
+        .iter()
+        .map(|b| SocketAddrV4::new(v4(b), port))
+        .collect()
+}
+
+/// Round robin rotates exactly through the backends for flows handled by one CPU (each CPU
+/// keeps its own rotation; the client is pinned so that every SYN is handled by the same one).
+#[test]
+fn round_robin_rotates_through_every_backend_in_turn() {
+    let (topo, scratch) = setup("rr", 3);
+    let _servers: Vec<_> = topo
+        .backends()
+        .iter()
+        .map(|b| b.tcp_server(8080).unwrap())
+        .collect();
+    let endpoints: Vec<_> = topo.backends().iter().map(v4).collect();
+    scratch.write_manifest(
+        "web.yaml",
+        &service_with(
+            "web",
+            &[tcp("http", 80, 8080)],
+            &endpoints,
+            "  annotations: {sluice.dev/scheduler: rr}\n",
+            "",
+        ),
+    );
+    let sluice = Sluice::start(&topo, &scratch);
+    sluice.wait_for_backends(
+        SocketAddrV4::new(VIP, 80),
+        PROTO_TCP,
+        &backend_addrs(&topo, 8080),
+    );
+    let order: Vec<String> = topo.client().run(|| {
+        let mut cpus = nix::sched::CpuSet::new();
+        cpus.set(0).unwrap();
+        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &cpus).unwrap();
+        (0..30)
+            .map(|_| {
+                sluice_testbed::tcp_once(sock(VIP, 80), TIMEOUT)
+                    .expect("request")
+                    .server()
+                    .to_owned()
+            })
+            .collect()
+    });
+    let first: Vec<&String> = order.iter().take(3).collect();
+    assert_eq!(
+        first
+            .iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len(),
+        3,
+        "the first three connections go to three different backends: {order:?}"
+    );
+    for (i, server) in order.iter().enumerate() {
+        assert_eq!(
+            server,
+            first[i % 3],
+            "connection {i} broke the rotation: {order:?}"
+        );
+    }
+}
+
+/// Source hash: every flow of a client goes to the same backend, and different clients spread
+/// over the backends.
+#[test]
+fn source_hash_keeps_each_client_on_one_backend_and_spreads_clients() {
+    let (topo, scratch) = setup("sh", 3);
+    let _servers: Vec<_> = topo
+        .backends()
+        .iter()
+        .map(|b| b.udp_server(5353).unwrap())
+        .collect();
+    let endpoints: Vec<_> = topo.backends().iter().map(v4).collect();
+    scratch.write_manifest(
+        "dns.yaml",
+        &service_with(
+            "dns",
+            &[udp("dns", 53, 5353)],
+            &endpoints,
+            "  annotations: {sluice.dev/scheduler: sh}\n",
+            "",
+        ),
+    );
+    let clients: Vec<Ipv4Addr> = (100..116).map(|i| Ipv4Addr::new(10, 0, 1, i)).collect();
+    for c in &clients {
+        topo.client()
+            .add_address("eth0", &format!("{c}/24"))
+            .unwrap();
+    }
+    let sluice = Sluice::start(&topo, &scratch);
+    sluice.wait_for_backends(
+        SocketAddrV4::new(VIP, 53),
+        PROTO_UDP,
+        &backend_addrs(&topo, 5353),
+    );
+    let dest: SocketAddr = sock(VIP, 53);
+    let per_client: Vec<Vec<String>> = topo.client().run(|| {
+        clients
+            .iter()
+            .map(|c| {
+                (0..5)
+                    .map(|_| {
+                        // A new socket (a new source port, a new flow) each time.
+                        let s = UdpSocket::bind((*c, 0)).unwrap();
+                        s.set_read_timeout(Some(TIMEOUT)).unwrap();
+                        s.send_to(b"hello\n", dest).unwrap();
+                        let mut buf = [0u8; 256];
+                        let n = s.recv(&mut buf).expect("an answer");
+                        let body = String::from_utf8_lossy(&buf[..n]).into_owned();
+                        body.split_whitespace()
+                            .next()
+                            .unwrap_or_default()
+                            .to_owned()
+                    })
+                    .collect()
+            })
+            .collect()
+    });
+    for (client, servers) in clients.iter().zip(&per_client) {
+        assert!(
+            servers.iter().all(|s| s == &servers[0]),
+            "{client} was spread over {servers:?}"
+        );
+    }
+    let distinct: std::collections::BTreeSet<_> = per_client.iter().map(|s| &s[0]).collect();
+    assert!(distinct.len() >= 2, "16 clients all hashed to {distinct:?}");
+}
+
+/// ClientIP affinity: a client's new connections stick to one backend within the timeout; once
+/// it has passed, the next connection is chosen afresh.
+#[test]
+fn client_ip_affinity_sticks_within_the_timeout_and_expires_after_it() {
+    let (topo, scratch) = setup("affinity", 3);
+    let _servers: Vec<_> = topo
+        .backends()
+        .iter()
+        .map(|b| b.tcp_server(8080).unwrap())
+        .collect();
+    let endpoints: Vec<_> = topo.backends().iter().map(v4).collect();
+    scratch.write_manifest(
+        "web.yaml",
+        &service_with(
+            "web",
+            &[tcp("http", 80, 8080)],
+            &endpoints,
+            "",
+            "  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 2}}\n",
+        ),
+    );
+    let sluice = Sluice::start(&topo, &scratch);
+    sluice.wait_for_backends(
+        SocketAddrV4::new(VIP, 80),
+        PROTO_TCP,
+        &backend_addrs(&topo, 8080),
+    );
+    let maps = sluice.maps();
+    let servers: Vec<String> = topo
+        .client()
+        .tcp_requests(sock(VIP, 80), 20, TIMEOUT)
+        .into_iter()
+        .map(|r| r.expect("request").server().to_owned())
+        .collect();
+    assert!(
+        servers.iter().all(|s| s == &servers[0]),
+        "not sticky: {servers:?}"
+    );
+    assert_eq!(maps.counter(stat::AFFINITY_HIT), 19);
+    assert_eq!(maps.counter(stat::AFFINITY_EXPIRED), 0);
+
+    std::thread::sleep(Duration::from_millis(2500));
+    topo.client()
+        .tcp_request(sock(VIP, 80), TIMEOUT)
+        .expect("request after the timeout");
+    assert_eq!(
+        maps.counter(stat::AFFINITY_EXPIRED),
+        1,
+        "the remembered choice had expired"
+    );
+    assert_eq!(maps.counter(stat::AFFINITY_HIT), 19, "and was not used");
+}
