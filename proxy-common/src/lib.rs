@@ -64,7 +64,7 @@ pub const PROTO_SCTP: u8 = 132;
 /// A frontend: the address, port and protocol a client sends to, and which clients the entry
 /// serves.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct ServiceKey {
     /// IPv4 address, network byte order.
     pub addr: u32,
@@ -339,6 +339,64 @@ pub mod stat {
     pub const COUNT: u32 = 24;
 }
 
+/// What the datapath did with one packet, recorded by a *trace instance* of the program (loaded
+/// with the global `TRACE` set, run with BPF_PROG_TEST_RUN by `sluice trace`). A trace instance
+/// shares the live maps but writes none of them: conntrack, affinity, rotation positions and
+/// counters are left exactly as they were; it writes only this record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct TraceRecord {
+    /// [`trace_step`] bits, in the order the packet met them.
+    pub steps: u32,
+    /// The slot the algorithm chose (with `trace_step::SELECTED`).
+    pub slot: u32,
+    /// The frontend entry that matched (scope included).
+    pub frontend: ServiceKey,
+    pub service: ServiceValue,
+    pub backend_id: u32,
+    pub backend: Backend,
+    /// The tracked flow's entry (with `trace_step::TRACKED` or `trace_step::REPLY`).
+    pub conntrack: CtValue,
+    /// The node address and port a masqueraded flow would use (with `trace_step::MASQUERADE`).
+    pub snat_addr: u32,
+    pub snat_port: u16,
+    pub _pad: u16,
+}
+
+/// Bits of [`TraceRecord::steps`].
+pub mod trace_step {
+    /// A reply of a tracked flow: translated back.
+    pub const REPLY: u32 = 1 << 0;
+    /// A frontend entry matched.
+    pub const FRONTEND: u32 = 1 << 1;
+    /// The frontend splits its scopes; the client was classified.
+    pub const SPLIT: u32 = 1 << 2;
+    /// ... as internal (in `SLUICE_LOCAL4`); external otherwise.
+    pub const INTERNAL_CLIENT: u32 = 1 << 3;
+    /// No usable endpoint.
+    pub const EMPTY: u32 = 1 << 4;
+    /// Dropped by a `Local` traffic policy.
+    pub const DROPPED_LOCAL_POLICY: u32 = 1 << 5;
+    /// Refused (TCP reset or ICMP port unreachable).
+    pub const REFUSED: u32 = 1 << 6;
+    /// Dropped: the client is outside the `loadBalancerSourceRanges`.
+    pub const SOURCE_DENIED: u32 = 1 << 7;
+    /// A tracked flow whose backend still serves: reused.
+    pub const TRACKED: u32 = 1 << 8;
+    /// A tracked flow found expired or its backend gone: selected afresh.
+    pub const TRACKED_STALE: u32 = 1 << 9;
+    /// Session affinity chose the backend.
+    pub const AFFINITY: u32 = 1 << 10;
+    /// The frontend's algorithm chose the backend.
+    pub const SELECTED: u32 = 1 << 11;
+    /// The new flow would be source-NATed.
+    pub const MASQUERADE: u32 = 1 << 12;
+    /// A ClusterIP on a port no Service has: refused.
+    pub const UNKNOWN_PORT: u32 = 1 << 13;
+    /// Not a packet for any frontend: passed to the stack untouched.
+    pub const NOT_A_SERVICE: u32 = 1 << 14;
+}
+
 /// Settings the datapath reads at run time: element 0 of the `SLUICE_CONFIG` array.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -389,5 +447,6 @@ mod pod {
     unsafe impl aya::Pod for FrontendMeta {}
     unsafe impl aya::Pod for AffinityKey {}
     unsafe impl aya::Pod for AffinityValue {}
+    unsafe impl aya::Pod for TraceRecord {}
     unsafe impl aya::Pod for TrafficCounters {}
 }

@@ -11,6 +11,7 @@ mod reject;
 mod route;
 mod select;
 mod snat;
+mod trace;
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
@@ -19,7 +20,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use proxy_common::{
-    Backend, CtKey, CtValue, ServiceKey, ServiceValue, ct_dir, ct_flags, scope, service_flags, stat,
+    Backend, CtKey, CtValue, ServiceKey, ServiceValue, ct_dir, ct_flags, scope, service_flags,
+    stat, trace_step,
 };
 
 use crate::{
@@ -108,10 +110,15 @@ fn reply(ctx: &TcContext, flow: &Flow) -> Result<Option<i32>, ()> {
         // within this program invocation (RCU protects the element until we return).
         let entry = unsafe { &mut *entry };
         let now = unsafe { bpf_ktime_get_ns() };
-        conntrack::touch(entry, &flow, now);
-        if entry.flags & ct_flags::SEEN_REPLY == 0 || flow.is_closing() {
-            entry.flags |= ct_flags::SEEN_REPLY;
-            mark_forward_entry(&flow, entry, now);
+        if let Some(r) = trace::record() {
+            r.steps |= trace_step::REPLY;
+            r.conntrack = *entry;
+        } else {
+            conntrack::touch(entry, &flow, now);
+            if entry.flags & ct_flags::SEEN_REPLY == 0 || flow.is_closing() {
+                entry.flags |= ct_flags::SEEN_REPLY;
+                mark_forward_entry(&flow, entry, now);
+            }
         }
         nat::rewrite_source(ctx, &flow, entry.nat_addr, entry.nat_port)?;
         let mut client = flow.daddr;
@@ -148,16 +155,25 @@ fn to_frontend(ctx: &TcContext, flow: &Flow) -> Result<Next, ()> {
         // SAFETY: only the presence of the key is used.
         if unsafe { VIPS.get(flow.daddr) }.is_some() {
             count(stat::REJECT_UNKNOWN_PORT);
+            trace::step(trace_step::UNKNOWN_PORT | trace_step::REFUSED);
             return Ok(Next::Verdict(reject::refuse(ctx, &flow)));
         }
+        trace::step(trace_step::NOT_A_SERVICE);
         return Ok(Next::Verdict(TC_ACT_OK));
     };
+    if let Some(r) = trace::record() {
+        r.steps |= trace_step::FRONTEND;
+        r.frontend = svc_key;
+        r.service = svc;
+    }
     if svc.count == 0 {
         count(stat::DROP_NO_BACKEND);
         if svc.flags & service_flags::DROP_WHEN_EMPTY != 0 {
             count(stat::DROP_LOCAL_POLICY);
+            trace::step(trace_step::EMPTY | trace_step::DROPPED_LOCAL_POLICY);
             return Ok(Next::Verdict(TC_ACT_SHOT));
         }
+        trace::step(trace_step::EMPTY | trace_step::REFUSED);
         return Ok(Next::Verdict(reject::refuse(ctx, &flow)));
     }
 
@@ -165,10 +181,17 @@ fn to_frontend(ctx: &TcContext, flow: &Flow) -> Result<Next, ()> {
     let fwd_key = flow.ct_key(ct_dir::FORWARD);
     if let Some(entry) = CONNTRACK.get_ptr_mut(fwd_key) {
         let entry = unsafe { &mut *entry };
+        if let Some(r) = trace::record() {
+            r.conntrack = *entry;
+        }
         if !conntrack::still_valid(entry, &flow, now, conntrack::lifetimes()) {
             count(stat::CT_EXPIRED);
+            trace::step(trace_step::TRACKED_STALE);
         } else if backend_still_serves(entry) {
-            conntrack::touch(entry, &flow, now);
+            trace::step(trace_step::TRACKED);
+            if !trace::tracing() {
+                conntrack::touch(entry, &flow, now);
+            }
             nat::rewrite_destination(ctx, &flow, entry.nat_addr, entry.nat_port)?;
             count(stat::DNAT_TRACKED);
             count_traffic(
@@ -194,12 +217,16 @@ fn to_frontend(ctx: &TcContext, flow: &Flow) -> Result<Next, ()> {
         }
         // Expired, or the backend this flow was pinned to is gone: choose again rather than
         // send the packet into a black hole (kube-proxy's stale UDP conntrack problem).
+        else {
+            trace::step(trace_step::TRACKED_STALE);
+        }
     }
 
     // kube-proxy's load-balancer firewall: checked when a flow starts, so a flow admitted
     // before its range was removed finishes.
     if svc.flags & service_flags::SOURCE_RANGES != 0 && !source_allowed(&svc_key, flow.saddr) {
         count(stat::DROP_SOURCE_RANGE);
+        trace::step(trace_step::SOURCE_DENIED);
         return Ok(Next::Verdict(TC_ACT_SHOT));
     }
 
@@ -221,9 +248,14 @@ fn to_frontend(ctx: &TcContext, flow: &Flow) -> Result<Next, ()> {
         return Ok(Next::Verdict(TC_ACT_SHOT));
     };
     select::remember(&flow, &svc, backend_id, now);
+    if let Some(r) = trace::record() {
+        r.backend_id = backend_id;
+        r.backend = backend;
+    }
 
     count_traffic(&svc_key.with_scope(scope::ANY), &backend, ctx.len(), false);
     if snat::needed(&flow, &svc, &backend) {
+        trace::step(trace_step::MASQUERADE);
         // Returned rather than called from here, so that this function's frame is gone from
         // the stack while the masquerading code runs.
         return Ok(Next::Masquerade {
@@ -233,7 +265,9 @@ fn to_frontend(ctx: &TcContext, flow: &Flow) -> Result<Next, ()> {
             now,
         });
     }
-    track(&flow, &backend, backend_id, &svc, now);
+    if !trace::tracing() {
+        track(&flow, &backend, backend_id, &svc, now);
+    }
     nat::rewrite_destination(ctx, &flow, backend.addr, backend.port)?;
     count(stat::DNAT_NEW_FLOW);
     Ok(Next::Verdict(TC_ACT_OK))
@@ -251,8 +285,10 @@ fn frontend(flow: &Flow) -> Option<(ServiceKey, ServiceValue)> {
         return Some((key, svc));
     }
     let client_scope = if is_local_source(flow.saddr) {
+        trace::step(trace_step::SPLIT | trace_step::INTERNAL_CLIENT);
         scope::INTERNAL
     } else {
+        trace::step(trace_step::SPLIT);
         scope::EXTERNAL
     };
     let key = key.with_scope(client_scope);

@@ -63,6 +63,9 @@ pub static BACKEND_STATS: PerCpuHashMap<Backend, TrafficCounters> =
 /// Adds one packet of `len` bytes to a frontend's and a backend's counters.
 #[inline(always)]
 pub fn count_traffic(frontend: &ServiceKey, backend: &Backend, len: u32, reply: bool) {
+    if crate::trace::tracing() {
+        return;
+    }
     add_traffic(&FRONTEND_STATS, frontend, len, reply);
     add_traffic(&BACKEND_STATS, backend, len, reply);
 }
@@ -126,6 +129,9 @@ pub fn is_local_source(addr: u32) -> bool {
 
 #[inline(always)]
 pub fn count(index: u32) {
+    if crate::trace::tracing() {
+        return;
+    }
     if let Some(counter) = STATS.get_ptr_mut(index) {
         // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
         unsafe { *counter += 1 };

@@ -1,11 +1,14 @@
 //! Choosing a backend for a new flow: session affinity first, then the frontend's algorithm.
 
 use aya_ebpf::helpers::bpf_get_prandom_u32;
-use proxy_common::{AffinityKey, AffinityValue, Backend, ServiceValue, SlotKey, algorithm, stat};
+use proxy_common::{
+    AffinityKey, AffinityValue, Backend, ServiceValue, SlotKey, algorithm, stat, trace_step,
+};
 
 use crate::{
     maps::{AFFINITY, BACKENDS, ROUND_ROBIN, SLOTS, count},
     packet::Flow,
+    trace,
 };
 
 const NS_PER_S: u64 = 1_000_000_000;
@@ -33,6 +36,7 @@ pub fn remembered(flow: &Flow, svc: &ServiceValue, now: u64) -> Option<(u32, Bac
     match backend {
         Some(backend) => {
             count(stat::AFFINITY_HIT);
+            trace::step(trace_step::AFFINITY);
             Some((entry.backend_id, backend))
         }
         None => {
@@ -46,7 +50,7 @@ pub fn remembered(flow: &Flow, svc: &ServiceValue, now: u64) -> Option<(u32, Bac
 /// connection, so the timeout counts from the client's last new flow.
 #[inline(always)]
 pub fn remember(flow: &Flow, svc: &ServiceValue, backend_id: u32, now: u64) {
-    if svc.affinity_timeout == 0 {
+    if svc.affinity_timeout == 0 || trace::tracing() {
         return;
     }
     let key = AffinityKey {
@@ -75,6 +79,10 @@ pub fn by_algorithm(flow: &Flow, svc: &ServiceValue) -> Option<(u32, Backend)> {
         _ => unsafe { bpf_get_prandom_u32() },
     };
     let index = draw % svc.count;
+    if let Some(r) = trace::record() {
+        r.steps |= trace_step::SELECTED;
+        r.slot = index;
+    }
     // SAFETY: values are copied out at once.
     let backend_id = (unsafe { SLOTS.get(SlotKey::new(svc.id, svc.bank, index)) }).copied()?;
     let backend = (unsafe { BACKENDS.get(backend_id) }).copied()?;
@@ -90,9 +98,13 @@ fn next_in_rotation(service_id: u32) -> u32 {
             // SAFETY: this CPU's own slot of a per-CPU element, valid for this invocation.
             let position = unsafe { &mut *position };
             let current = *position;
-            *position = current.wrapping_add(1);
+            // A trace reports the position the next flow on this CPU would take.
+            if !trace::tracing() {
+                *position = current.wrapping_add(1);
+            }
             current
         }
+        None if trace::tracing() => 0,
         None => {
             // The first flow on this CPU starts the rotation at 0 and leaves 1 for the next
             // (a new per-CPU element starts every other CPU at 0 as well).

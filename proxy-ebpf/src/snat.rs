@@ -17,7 +17,7 @@ use crate::{
     maps::{CONNTRACK, count, is_local_source},
     nat,
     packet::Flow,
-    route,
+    route, trace,
 };
 use aya_ebpf::{bindings::TC_ACT_SHOT, programs::TcContext};
 
@@ -79,16 +79,27 @@ pub fn new_flow(ctx: &TcContext, new: &NewFlow) -> Result<i32, ()> {
         rev_port: 0,
         _pad: 0,
     };
-    let Some(node_port) = reserve_port(flow, backend, node_addr, &base) else {
-        count(stat::DROP_SNAT_FAILED);
-        return Ok(TC_ACT_SHOT);
+    let node_port = if trace::tracing() {
+        // A trace claims nothing: it shows the first port of the range, not necessarily the
+        // one a real flow would get.
+        snat_ports::MIN.to_be()
+    } else {
+        let Some(port) = reserve_port(flow, backend, node_addr, &base) else {
+            count(stat::DROP_SNAT_FAILED);
+            return Ok(TC_ACT_SHOT);
+        };
+        let forward = CtValue {
+            rev_port: port,
+            ..base
+        };
+        if CONNTRACK.insert(fwd_key, forward, 0).is_err() {
+            count(stat::CT_INSERT_FAILED);
+        }
+        port
     };
-    let forward = CtValue {
-        rev_port: node_port,
-        ..base
-    };
-    if CONNTRACK.insert(fwd_key, forward, 0).is_err() {
-        count(stat::CT_INSERT_FAILED);
+    if let Some(r) = trace::record() {
+        r.snat_addr = node_addr;
+        r.snat_port = node_port;
     }
     nat::rewrite_destination(ctx, flow, backend.addr, backend.port)?;
     nat::rewrite_source(ctx, flow, node_addr, node_port)?;

@@ -33,6 +33,31 @@ pub enum Command {
     ///
     /// Example: sluice cleanup
     Cleanup(CleanupArgs),
+    /// Run a synthetic packet through the live datapath and explain what it would do.
+    ///
+    /// The packet goes through a separate, unattached trace instance of the program that
+    /// shares the live maps but writes none of them: conntrack, affinity and counters are
+    /// untouched.
+    ///
+    /// Example: sluice trace --from 10.0.1.2:40000 --to 10.96.0.10:80 --proto tcp
+    Trace(TraceArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// The client: IPv4 address and port.
+    #[arg(long, value_name = "IP:PORT")]
+    pub from: std::net::SocketAddrV4,
+    /// The destination: a frontend (VIP:port) or any address.
+    #[arg(long, value_name = "IP:PORT")]
+    pub to: std::net::SocketAddrV4,
+    #[arg(long, default_value = "tcp", value_parser = ["tcp", "udp"])]
+    pub proto: String,
+    #[arg(long, default_value = DEFAULT_PIN_PATH, value_name = "DIR")]
+    pub pin_path: PathBuf,
+    /// `table` for people, `json` for scripts.
+    #[arg(long, short = 'o', default_value = "table", value_parser = ["table", "json"])]
+    pub output: String,
 }
 
 #[derive(Debug, Args)]

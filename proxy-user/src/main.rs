@@ -18,6 +18,7 @@ fn main() -> std::process::ExitCode {
     init_logging(&cli.log_format);
     let result = match cli.command {
         Command::Run(args) => run(args),
+        Command::Trace(args) => trace(&args),
         Command::Cleanup(args) => loader::cleanup(&args.pin_path).map(|report| {
             println!(
                 "removed {} link(s) and {} pinned map(s) from {}",
@@ -34,6 +35,35 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+fn trace(args: &sluice::cli::TraceArgs) -> anyhow::Result<()> {
+    use sluice::dataplane::trace::{Tracer, explain, matched_meta, synthetic_packet};
+    let proto = if args.proto == "udp" {
+        proxy_common::PROTO_UDP
+    } else {
+        proxy_common::PROTO_TCP
+    };
+    let maps = PinnedMaps::open(&args.pin_path)?;
+    let mut tracer = Tracer::load(&args.pin_path)?;
+    let traced = tracer.run(&synthetic_packet(args.from, args.to, proto))?;
+    let explanation = explain(&traced, matched_meta(&maps, &traced.record).as_ref());
+    if args.output == "json" {
+        println!("{}", serde_json::to_string_pretty(&explanation)?);
+    } else {
+        println!("{} -> {}/{}", args.from, args.to, args.proto);
+        if let Some(service) = &explanation.service {
+            println!("  service   {service}");
+        }
+        for (i, step) in explanation.steps.iter().enumerate() {
+            println!("  {}. {step}", i + 1);
+        }
+        if let Some(rewritten) = &explanation.rewritten {
+            println!("  packet    {rewritten}");
+        }
+        println!("  verdict   {}", explanation.verdict);
+    }
+    Ok(())
 }
 
 fn init_logging(format: &str) {

@@ -221,3 +221,98 @@ fn client_ip_affinity_sticks_within_the_timeout_and_expires_after_it() {
     );
     assert_eq!(maps.counter(stat::AFFINITY_HIT), 19, "and was not used");
 }
+
+/// `sluice trace` predicts the backend a real flow with the same tuple reaches (source hash is
+/// deterministic), and leaves conntrack and counters exactly as they were.
+#[test]
+fn trace_predicts_the_backend_and_writes_nothing() {
+    let (topo, scratch) = setup("trace", 3);
+    let _servers: Vec<_> = topo
+        .backends()
+        .iter()
+        .map(|b| b.udp_server(5353).unwrap())
+        .collect();
+    let endpoints: Vec<_> = topo.backends().iter().map(v4).collect();
+    scratch.write_manifest(
+        "dns.yaml",
+        &service_with(
+            "dns",
+            &[udp("dns", 53, 5353)],
+            &endpoints,
+            "  annotations: {sluice.dev/scheduler: sh}\n",
+            "",
+        ),
+    );
+    let sluice = Sluice::start(&topo, &scratch);
+    sluice.wait_for_backends(
+        SocketAddrV4::new(VIP, 53),
+        PROTO_UDP,
+        &backend_addrs(&topo, 5353),
+    );
+    let maps = sluice.maps();
+    // Some tracked traffic first, so "untouched" means something.
+    topo.client()
+        .udp_request(sock(VIP, 53), TIMEOUT)
+        .expect("a first exchange");
+    let conntrack_before = maps.conntrack_entries();
+    let counters_before: Vec<u64> = (0..stat::COUNT).map(|i| maps.counter(i)).collect();
+
+    let client = SocketAddrV4::new(v4(topo.client()), 40000);
+    let out = std::process::Command::new(SLUICE)
+        .args([
+            "trace",
+            "--from",
+            &client.to_string(),
+            "--to",
+            &format!("{VIP}:53"),
+        ])
+        .args(["--proto", "udp", "--output", "json", "--pin-path"])
+        .arg(&sluice.pin)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let traced: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(traced["frontend"], format!("{VIP}:53/udp"));
+    assert_eq!(traced["service"], "default/dns:dns");
+    let predicted = traced["backend"].as_str().expect("a backend").to_owned();
+    assert!(
+        traced["rewritten"].as_str().unwrap().ends_with(&predicted),
+        "{traced}"
+    );
+
+    let mut conntrack_after = maps.conntrack_entries();
+    let mut before = conntrack_before.clone();
+    before.sort_by_key(|(k, _)| *k);
+    conntrack_after.sort_by_key(|(k, _)| *k);
+    assert_eq!(
+        conntrack_after, before,
+        "the trace wrote no conntrack entry"
+    );
+    let counters_after: Vec<u64> = (0..stat::COUNT).map(|i| maps.counter(i)).collect();
+    assert_eq!(counters_after, counters_before, "nor any counter");
+
+    let reached = topo.client().run(|| {
+        let s = UdpSocket::bind(client).unwrap();
+        s.set_read_timeout(Some(TIMEOUT)).unwrap();
+        s.send_to(b"hello\n", sock(VIP, 53)).unwrap();
+        let mut buf = [0u8; 256];
+        let n = s.recv(&mut buf).expect("an answer");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    });
+    let role = reached.split_whitespace().next().unwrap();
+    let backend_ip = topo
+        .backends()
+        .iter()
+        .find(|b| b.role() == role)
+        .map(v4)
+        .unwrap();
+    assert_eq!(
+        predicted,
+        SocketAddrV4::new(backend_ip, 5353).to_string(),
+        "the real flow reached the predicted backend"
+    );
+}

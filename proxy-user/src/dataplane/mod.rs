@@ -8,3 +8,4 @@ pub mod maps;
 pub mod plan;
 pub mod settings;
 pub mod snapshot;
+pub mod trace;
