@@ -37,6 +37,22 @@ pub struct Flow {
     pub l4_off: usize,
 }
 
+/// The headers asked for are not (all) in the skb's linear data.
+struct Short;
+
+/// A `T` read in place at `offset`, if the linear data holds it.
+#[inline(always)]
+fn read<T: Copy>(ctx: &TcContext, offset: usize) -> Result<T, Short> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + core::mem::size_of::<T>() > end {
+        return Err(Short);
+    }
+    // SAFETY: the bounds check above is what the verifier requires for direct packet access;
+    // the read is unaligned because headers sit at any offset.
+    Ok(unsafe { core::ptr::read_unaligned((start + offset) as *const T) })
+}
+
 /// What a packet is, as far as the datapath cares.
 pub enum Parsed {
     /// An unfragmented TCP or UDP packet.
@@ -50,27 +66,45 @@ pub enum Parsed {
 
 impl Flow {
     /// Classifies an IPv4 packet. Anything else is [`Parsed::Other`].
+    ///
+    /// Headers are read in place (direct packet access) rather than copied out with
+    /// `bpf_skb_load_bytes`: this runs for every packet the node receives, and a helper call
+    /// per field costs more than the map lookups that follow. Headers that are not in the
+    /// linear part of the skb are pulled in first.
     #[inline(always)]
     pub fn parse(ctx: &TcContext) -> Result<Parsed, ()> {
-        let ethertype = u16::from_be(ctx.load::<u16>(12).map_err(|_| ())?);
-        if ethertype != ETH_P_IP {
+        match Self::parse_linear(ctx) {
+            Err(Short) => {
+                // Enough for the largest IPv4 header and the L4 fields read below.
+                ctx.pull_data((ETH_HLEN + 60 + 16) as u32).map_err(|_| ())?;
+                Self::parse_linear(ctx).map_err(|Short| ())
+            }
+            Ok(parsed) => Ok(parsed),
+        }
+    }
+
+    #[inline(always)]
+    fn parse_linear(ctx: &TcContext) -> Result<Parsed, Short> {
+        let ethertype: u16 = read(ctx, 12)?;
+        if u16::from_be(ethertype) != ETH_P_IP {
             return Ok(Parsed::Other);
         }
-        let version_ihl: u8 = ctx.load(ETH_HLEN).map_err(|_| ())?;
+        let version_ihl: u8 = read(ctx, ETH_HLEN)?;
         if version_ihl >> 4 != 4 {
             return Ok(Parsed::Other);
         }
+        // Masked so the verifier can bound the offsets computed from it (20..=60).
         let ihl = usize::from(version_ihl & 0x0f) * 4;
         if ihl < 20 {
             return Ok(Parsed::Other);
         }
         // Fragments carry no (or only the first) L4 header; translating some fragments of a
         // datagram and not others would corrupt it, so they pass untouched.
-        let frag_off = u16::from_be(ctx.load::<u16>(ETH_HLEN + 6).map_err(|_| ())?);
-        if frag_off & IP_MF_OFFSET_MASK != 0 {
+        let frag_off: u16 = read(ctx, ETH_HLEN + 6)?;
+        if u16::from_be(frag_off) & IP_MF_OFFSET_MASK != 0 {
             return Ok(Parsed::Other);
         }
-        let proto: u8 = ctx.load(ETH_HLEN + 9).map_err(|_| ())?;
+        let proto: u8 = read(ctx, ETH_HLEN + 9)?;
         let l4_off = ETH_HLEN + ihl;
         if proto == PROTO_ICMP {
             return Ok(Parsed::Icmp { l4_off });
@@ -79,15 +113,15 @@ impl Flow {
             return Ok(Parsed::Other);
         }
         let tcp_flags = if proto == PROTO_TCP {
-            ctx.load(l4_off + 13).map_err(|_| ())?
+            read(ctx, l4_off + 13)?
         } else {
             0
         };
         Ok(Parsed::Flow(Flow {
-            saddr: ctx.load(IPV4_SADDR_OFF).map_err(|_| ())?,
-            daddr: ctx.load(IPV4_DADDR_OFF).map_err(|_| ())?,
-            sport: ctx.load(l4_off).map_err(|_| ())?,
-            dport: ctx.load(l4_off + 2).map_err(|_| ())?,
+            saddr: read(ctx, IPV4_SADDR_OFF)?,
+            daddr: read(ctx, IPV4_DADDR_OFF)?,
+            sport: read(ctx, l4_off)?,
+            dport: read(ctx, l4_off + 2)?,
             proto,
             tcp_flags,
             l4_off,

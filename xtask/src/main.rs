@@ -44,7 +44,8 @@ enum Task {
         #[arg(long, default_value_t = 300)]
         requests: usize,
     },
-    /// Measure (never judge): controller cold sync, one-change latency and RSS per size.
+    /// Measure (never judge): controller cold sync, one-change latency and RSS per size; the
+    /// datapath's cost per packet (BPF_PROG_TEST_RUN) per number of Services.
     Bench {
         /// Smaller sizes, for a quick look (1,000 and 10,000 Services).
         #[arg(long)]
@@ -71,12 +72,13 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Bench { quick } => {
             bootstrap::bootstrap()?;
-            let sizes: &[usize] = if quick {
-                &[1_000, 10_000]
+            let (controller, datapath): (&[usize], &[usize]) = if quick {
+                (&[1_000, 10_000], &[10, 10_000])
             } else {
-                &[1_000, 10_000, 100_000]
+                (&[1_000, 10_000, 100_000], &[10, 10_000, 100_000])
             };
-            bench::controller(&root, sizes)
+            bench::controller(&root, controller)?;
+            bench::datapath(&root, datapath)
         }
         Task::Lab { requests } => {
             bootstrap::bootstrap()?;

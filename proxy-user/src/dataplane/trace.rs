@@ -54,10 +54,20 @@ impl Tracer {
     /// Loads a trace instance sharing the maps pinned in `pin_dir`. Fails with the pinned
     /// maps' own error when nothing is pinned there: loading would otherwise create them.
     pub fn load(pin_dir: &Path) -> anyhow::Result<Self> {
+        Self::load_instance(pin_dir, true)
+    }
+
+    /// Loads an unattached instance that behaves exactly like the live program, map writes
+    /// included: for benchmarks, which time the tracked-flow path with it.
+    pub fn load_writing(pin_dir: &Path) -> anyhow::Result<Self> {
+        Self::load_instance(pin_dir, false)
+    }
+
+    fn load_instance(pin_dir: &Path, trace: bool) -> anyhow::Result<Self> {
         PinnedMaps::open(pin_dir)?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
-            .override_global("TRACE", &1u8, true)
+            .override_global("TRACE", &u8::from(trace), true)
             .load(crate::EBPF_OBJECT)
             .context("loading the trace instance of the eBPF object")?;
         let program: &mut SchedClassifier = ebpf
@@ -89,6 +99,8 @@ impl Tracer {
     }
 
     /// The kernel's average time per run of `packet` over `repeat` runs (for benchmarks).
+    /// The runs share one packet buffer, so this only measures paths that leave the packet as
+    /// it was; see [`Tracer::time_each`] for the others.
     pub fn time(&self, packet: &[u8], repeat: u32) -> anyhow::Result<Duration> {
         let mut out = vec![0u8; packet.len() + 256];
         let result = self.program()?.test_run(TestRunOptions {
@@ -98,6 +110,26 @@ impl Tracer {
             ..TestRunOptions::default()
         })?;
         Ok(result.duration)
+    }
+
+    /// The kernel's time for one run of `packet`, averaged over `runs` separate runs, each on
+    /// a fresh copy of the packet (a translating path rewrites its packet in place, so repeats
+    /// of one run would measure the rewritten packet). Each figure includes the kernel's
+    /// clock reads around the run, a constant the caller can calibrate with [`Tracer::time`].
+    pub fn time_each(&self, packet: &[u8], runs: u32) -> anyhow::Result<Duration> {
+        let program = self.program()?;
+        let mut out = vec![0u8; packet.len() + 256];
+        let mut total = Duration::ZERO;
+        for _ in 0..runs {
+            total += program
+                .test_run(TestRunOptions {
+                    data_in: Some(packet),
+                    data_out: Some(&mut out),
+                    ..TestRunOptions::default()
+                })?
+                .duration;
+        }
+        Ok(total / runs.max(1))
     }
 
     fn record(&mut self) -> anyhow::Result<Array<&mut aya::maps::MapData, TraceRecord>> {
