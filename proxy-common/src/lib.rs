@@ -336,6 +336,11 @@ pub mod stat {
     pub const AFFINITY_HIT: u32 = 17;
     /// Affinity entries found past their timeout (or their backend gone): chosen afresh.
     pub const AFFINITY_EXPIRED: u32 = 18;
+    /// Packets the XDP program translated and sent straight to the backend's interface.
+    pub const XDP_REDIRECT: u32 = 19;
+    /// Packets for a frontend the XDP program left to the tc program (masquerading, refusing,
+    /// an unresolved neighbour, a reply).
+    pub const XDP_TO_TC: u32 = 20;
     pub const COUNT: u32 = 24;
 }
 

@@ -12,6 +12,7 @@ mod route;
 mod select;
 mod snat;
 mod trace;
+mod xdp;
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
@@ -275,7 +276,7 @@ fn to_frontend(ctx: &TcContext, flow: &Flow) -> Result<Next, ()> {
 
 /// The frontend entry serving this packet's client, if the packet is for a frontend.
 #[inline(always)]
-fn frontend(flow: &Flow) -> Option<(ServiceKey, ServiceValue)> {
+pub(crate) fn frontend(flow: &Flow) -> Option<(ServiceKey, ServiceValue)> {
     let key = ServiceKey::new(flow.daddr, flow.dport, flow.proto);
     // SAFETY: the value is copied out at once, so a concurrent replacement by the controller
     // (the map is not preallocated, elements are freed after an RCU grace period) cannot
@@ -324,7 +325,7 @@ fn mark_forward_entry(reply: &Flow, reply_entry: &CtValue, now: u64) {
     }
 }
 
-fn backend_still_serves(entry: &CtValue) -> bool {
+pub(crate) fn backend_still_serves(entry: &CtValue) -> bool {
     match unsafe { BACKENDS.get(entry.backend_id) } {
         Some(b) => b.addr == entry.nat_addr && b.port == entry.nat_port,
         None => false,
@@ -334,7 +335,7 @@ fn backend_still_serves(entry: &CtValue) -> bool {
 /// Records both directions of a new flow so later packets and replies skip selection. Not
 /// inlined: its entries would otherwise enlarge the caller's stack frame.
 #[inline(never)]
-fn track(flow: &Flow, backend: &Backend, backend_id: u32, svc: &ServiceValue, now: u64) {
+pub(crate) fn track(flow: &Flow, backend: &Backend, backend_id: u32, svc: &ServiceValue, now: u64) {
     let fwd_key = flow.ct_key(ct_dir::FORWARD);
     let flags = if svc.flags & service_flags::ROUTE_REPLIES != 0 {
         ct_flags::ROUTE_REPLIES

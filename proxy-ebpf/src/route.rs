@@ -20,7 +20,7 @@ use crate::packet::{ETH_HLEN, IPV4_CSUM_OFF};
 
 /// One FIB lookup's parameters per CPU.
 #[map(name = "SLUICE_FIB_SCRATCH")]
-static FIB_SCRATCH: PerCpuArray<bpf_fib_lookup> = PerCpuArray::with_max_entries(1, 0);
+pub(crate) static FIB_SCRATCH: PerCpuArray<bpf_fib_lookup> = PerCpuArray::with_max_entries(1, 0);
 
 const AF_INET: u8 = 2;
 const TTL_OFF: usize = ETH_HLEN + 8;

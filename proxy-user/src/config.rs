@@ -239,15 +239,18 @@ impl fmt::Display for Dataplane {
 /// How the XDP program is attached, if at all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum XdpMode {
+    /// Native (driver) mode where the driver supports it, generic otherwise.
+    #[default]
+    Auto,
     Native,
     Generic,
-    #[default]
     Off,
 }
 
 impl XdpMode {
     pub fn as_str(self) -> &'static str {
         match self {
+            XdpMode::Auto => "auto",
             XdpMode::Native => "native",
             XdpMode::Generic => "generic",
             XdpMode::Off => "off",
@@ -260,12 +263,13 @@ impl FromStr for XdpMode {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Ok(match s {
+            "auto" => XdpMode::Auto,
             "native" => XdpMode::Native,
             "generic" => XdpMode::Generic,
             "off" => XdpMode::Off,
             other => {
                 return Err(format!(
-                    "unknown XDP mode {other:?}; valid: native, generic, off"
+                    "unknown XDP mode {other:?}; valid: auto, native, generic, off"
                 ));
             }
         })
@@ -481,6 +485,8 @@ pub struct Config {
     /// Maglev lookup table size per service; always prime.
     pub maglev_table_size: u32,
     pub xdp_mode: XdpMode,
+    /// External interfaces the XDP fast path attaches to (empty: none).
+    pub xdp_interfaces: Vec<String>,
     pub node_port_loopback: bool,
 }
 
@@ -524,7 +530,8 @@ impl Default for Config {
             manifests_dir: None,
             maps: MapSizes::default(),
             maglev_table_size: DEFAULT_MAGLEV_TABLE_SIZE,
-            xdp_mode: XdpMode::Off,
+            xdp_mode: XdpMode::Auto,
+            xdp_interfaces: Vec::new(),
             node_port_loopback: false,
         }
     }

@@ -105,6 +105,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .maps
         .configure(&datapath_settings)
         .context("writing the datapath's settings (SLUICE_CONFIG, SLUICE_LOCAL4)")?;
+    datapath.attach_xdp(&config.xdp_interfaces, config.xdp_mode)?;
     let node_name = kube::node_name(config.hostname_override.as_deref())?;
     let node_addresses = if args.node_addresses.is_empty() {
         interface_addresses(&config.interfaces)?

@@ -79,6 +79,18 @@ pub(super) fn read(doc: &Value, cfg: &mut Config, cx: &mut Ctx) {
                 Err(reason) => cx.error("xdp.mode", reason),
             }
         }
+        if let Some(names) = xdp.strings("interfaces", cx) {
+            let mut ok = true;
+            for (i, name) in names.iter().enumerate() {
+                if let Err(reason) = check_interface_name(name) {
+                    cx.error(format!("xdp.interfaces[{i}]"), reason);
+                    ok = false;
+                }
+            }
+            if ok {
+                cfg.xdp_interfaces = names;
+            }
+        }
         xdp.finish(cx);
     }
     if let Some(b) = root.boolean("nodePortLoopback", cx) {

@@ -736,7 +736,11 @@ fn sluice_defaults() {
         }
     );
     assert_eq!(cfg.maglev_table_size, 16381);
-    assert_eq!(cfg.xdp_mode, XdpMode::Off);
+    assert_eq!(cfg.xdp_mode, XdpMode::Auto);
+    assert!(
+        cfg.xdp_interfaces.is_empty(),
+        "XDP attaches nowhere unless asked"
+    );
     assert!(!cfg.node_port_loopback);
 }
 

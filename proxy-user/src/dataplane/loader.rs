@@ -14,9 +14,10 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::MapInfo,
     programs::{
-        LinkOrder, SchedClassifier, TcAttachType,
+        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode as AyaXdpMode,
         links::{FdLink, PinnedLink},
         tc::{SchedClassifierLink, TcAttachOptions},
+        xdp::XdpLink,
     },
 };
 use proxy_common::map_names;
@@ -24,6 +25,7 @@ use tracing::{info, warn};
 
 use super::maps::PinnedMaps;
 pub use crate::config::MapSizes;
+use crate::config::XdpMode;
 
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/sluice";
 const TC_PROGRAM: &str = "sluice_tc_ingress";
@@ -82,6 +84,104 @@ pub fn load(pin_dir: &Path, interfaces: &[String], sizes: MapSizes) -> anyhow::R
         capacities,
         pin_dir: pin_dir.to_path_buf(),
     })
+}
+
+const XDP_PROGRAM: &str = "sluice_xdp";
+const XDP_LINK_PREFIX: &str = "xdp-";
+
+impl Datapath {
+    /// Attaches the XDP fast path to `interfaces` (and detaches it from interfaces no longer
+    /// listed). `Auto` tries the driver's native mode and falls back to generic, saying so.
+    pub fn attach_xdp(&mut self, interfaces: &[String], mode: XdpMode) -> anyhow::Result<()> {
+        let links_dir = self.pin_dir.join(LINKS_DIR);
+        let wanted: Vec<&String> = if mode == XdpMode::Off {
+            Vec::new()
+        } else {
+            interfaces.iter().collect()
+        };
+        for entry in fs::read_dir(&links_dir)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(iface) = xdp_link_iface(&name)
+                && !wanted.iter().any(|w| *w == iface)
+            {
+                warn!(link = %name, "detaching XDP from an interface no longer configured");
+                remove_link(&entry.path())?;
+            }
+        }
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let program: &mut Xdp = self
+            ._ebpf
+            .program_mut(XDP_PROGRAM)
+            .with_context(|| format!("program {XDP_PROGRAM} missing from the eBPF object"))?
+            .try_into()?;
+        if program.fd().is_err() {
+            program
+                .load()
+                .with_context(|| format!("loading program {XDP_PROGRAM} into the kernel"))?;
+        }
+        for iface in wanted {
+            attach_xdp_to(program, &links_dir, iface, mode)?;
+        }
+        Ok(())
+    }
+}
+
+fn xdp_link_iface(file_name: &str) -> Option<&str> {
+    let rest = file_name.strip_prefix(XDP_LINK_PREFIX)?;
+    Some(&rest[..rest.rfind('-')?])
+}
+
+fn attach_xdp_to(
+    program: &mut Xdp,
+    links_dir: &Path,
+    iface: &str,
+    mode: XdpMode,
+) -> anyhow::Result<()> {
+    let ifindex = nix::net::if_::if_nametoindex(iface)
+        .with_context(|| format!("XDP interface {iface} not found (check `xdp.interfaces`)"))?;
+    let pin = links_dir.join(format!("{XDP_LINK_PREFIX}{iface}-{ifindex}"));
+    if let Ok(pinned) = PinnedLink::from_pin(&pin) {
+        let link = XdpLink::try_from(FdLink::from(pinned)).context("pinned link is not XDP")?;
+        let id = program
+            .attach_to_link(link)
+            .with_context(|| format!("replacing the XDP program on {iface}"))?;
+        drop(program.take_link(id)?);
+        info!(iface, "replaced program in pinned XDP link");
+        return Ok(());
+    }
+    let modes: &[(AyaXdpMode, &str)] = match mode {
+        XdpMode::Native => &[(AyaXdpMode::Driver, "native")],
+        XdpMode::Generic => &[(AyaXdpMode::Skb, "generic")],
+        XdpMode::Auto => &[(AyaXdpMode::Driver, "native"), (AyaXdpMode::Skb, "generic")],
+        XdpMode::Off => &[],
+    };
+    let mut last_error = None;
+    for (aya_mode, name) in modes {
+        match program.attach(iface, *aya_mode) {
+            Ok(id) => {
+                let link: FdLink = program.take_link(id)?.try_into().with_context(|| {
+                    format!("XDP on {iface} was attached without a BPF link (kernel < 5.9?)")
+                })?;
+                link.pin(&pin)
+                    .with_context(|| format!("pinning link at {}", pin.display()))?;
+                info!(iface, mode = name, "attached XDP fast path");
+                return Ok(());
+            }
+            Err(e) => {
+                if mode == XdpMode::Auto {
+                    warn!(iface, mode = name, error = %e, "XDP mode not available; trying the next");
+                }
+                last_error = Some(e);
+            }
+        }
+    }
+    Err(
+        anyhow::Error::from(last_error.expect("at least one mode is tried"))
+            .context(format!("attaching XDP to {iface} ({} mode)", mode.as_str())),
+    )
 }
 
 /// The sizes the kernel's maps really have. A pinned map is adopted as it is (that is what
@@ -216,6 +316,9 @@ fn detach_unlisted(links_dir: &Path, interfaces: &[String]) -> io::Result<()> {
     for entry in fs::read_dir(links_dir)? {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
+        if xdp_link_iface(&name).is_some() {
+            continue; // managed by `Datapath::attach_xdp`
+        }
         if link_iface(&name).is_none_or(|i| !interfaces.iter().any(|x| x == i)) {
             warn!(link = %name, "detaching from an interface no longer configured");
             remove_link(&entry.path())?;

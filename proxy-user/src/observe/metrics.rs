@@ -35,7 +35,7 @@ pub const SKIP_REASONS: [&str; 6] = [
 /// The datapath's `SLUICE_STATS` indexes and their `counter` label in
 /// `sluice_datapath_packets_total`: pass `(name, PinnedMaps::counter(index))` pairs to
 /// [`Metrics::set_datapath_counters`].
-pub const DATAPATH_COUNTERS: [(u32, &str); 17] = [
+pub const DATAPATH_COUNTERS: [(u32, &str); 21] = [
     (stat::PACKETS_SEEN, "packets_seen"),
     (stat::DNAT_NEW_FLOW, "dnat_new_flow"),
     (stat::DNAT_TRACKED, "dnat_tracked"),
@@ -53,6 +53,10 @@ pub const DATAPATH_COUNTERS: [(u32, &str); 17] = [
     (stat::DROP_SNAT_FAILED, "drop_snat_failed"),
     (stat::DROP_SOURCE_RANGE, "drop_source_range"),
     (stat::REJECT_UNKNOWN_PORT, "reject_unknown_port"),
+    (stat::AFFINITY_HIT, "affinity_hit"),
+    (stat::AFFINITY_EXPIRED, "affinity_expired"),
+    (stat::XDP_REDIRECT, "xdp_redirect"),
+    (stat::XDP_TO_TC, "xdp_to_tc"),
 ];
 
 /// The maps the controller writes; their apply-error series start at zero.
