@@ -28,21 +28,24 @@ pub fn controller(root: &Path, sizes: &[usize]) -> anyhow::Result<()> {
     write(root, "controller.json", &results)
 }
 
-/// Datapath: the tc program's cost per packet (BPF_PROG_TEST_RUN) at each number of Services.
+/// Datapath: the tc and XDP programs' cost per packet (BPF_PROG_TEST_RUN) at each number of
+/// Services.
 pub fn datapath(root: &Path, sizes: &[usize]) -> anyhow::Result<()> {
     let results = run_example(root, "bench_datapath", sizes)?;
     println!(
-        "{:>10} {:>12} {:>12} {:>16} {:>18}",
-        "services", "tracked", "new flow", "not a service", "(batched, no clock)"
+        "{:>10} {:>11} {:>11} {:>11} {:>11} {:>14} {:>10}",
+        "services", "tc tracked", "tc new", "xdp tracked", "xdp new", "not a service", "(batched)"
     );
     for v in &results {
         println!(
-            "{:>10} {:>9} ns {:>9} ns {:>13} ns {:>15} ns",
+            "{:>10} {:>8} ns {:>8} ns {:>8} ns {:>8} ns {:>11} ns {:>7} ns",
             int(v, "services"),
-            int(v, "tracked_ns"),
-            int(v, "new_flow_ns"),
-            int(v, "not_a_service_ns"),
-            int(v, "not_a_service_batched_ns")
+            int(v, "tc_tracked_ns"),
+            int(v, "tc_new_flow_ns"),
+            int(v, "xdp_tracked_ns"),
+            int(v, "xdp_new_flow_ns"),
+            int(v, "tc_not_a_service_ns"),
+            int(v, "tc_not_a_service_batched_ns")
         );
     }
     println!(

@@ -117,10 +117,18 @@ impl Tracer {
     /// of one run would measure the rewritten packet). Each figure includes the kernel's
     /// clock reads around the run, a constant the caller can calibrate with [`Tracer::time`].
     pub fn time_each(&self, packet: &[u8], runs: u32) -> anyhow::Result<Duration> {
+        self.time_packets((0..runs).map(|_| packet))
+    }
+
+    /// The kernel's average time for one run of each packet, each run on its own copy.
+    pub fn time_packets<'p>(
+        &self,
+        packets: impl IntoIterator<Item = &'p [u8]>,
+    ) -> anyhow::Result<Duration> {
         let program = self.program()?;
-        let mut out = vec![0u8; packet.len() + 256];
-        let mut total = Duration::ZERO;
-        for _ in 0..runs {
+        let mut out = vec![0u8; 2048];
+        let (mut total, mut runs) = (Duration::ZERO, 0u32);
+        for packet in packets {
             total += program
                 .test_run(TestRunOptions {
                     data_in: Some(packet),
@@ -128,6 +136,7 @@ impl Tracer {
                     ..TestRunOptions::default()
                 })?
                 .duration;
+            runs += 1;
         }
         Ok(total / runs.max(1))
     }
