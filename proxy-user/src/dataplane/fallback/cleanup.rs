@@ -7,10 +7,15 @@ use tracing::{info, warn};
 
 use crate::config::Dataplane;
 
-/// Everything that is not `keep`'s: Sluice's other dataplanes and kube-proxy's leftovers
-/// (KUBE-* chains of its own, its `kube-proxy` nft tables, its IPVS dummy). `keep` `None`
-/// removes everything, as `sluice cleanup` does. Returns a line per thing removed.
-pub fn remove_others(keep: Option<Dataplane>, pin_path: &Path) -> anyhow::Result<Vec<String>> {
+/// Everything that is not `keep`'s: Sluice's other dataplanes and, with `kube_proxy`,
+/// kube-proxy's leftovers (KUBE-* chains of its own, its `kube-proxy` nft tables, its IPVS
+/// dummy). `keep` `None` removes all of Sluice's, as `sluice cleanup` does. Returns a line per
+/// thing removed.
+pub fn remove_others(
+    keep: Option<Dataplane>,
+    pin_path: &Path,
+    kube_proxy: bool,
+) -> anyhow::Result<Vec<String>> {
     let mut removed = Vec::new();
     if keep != Some(Dataplane::Ebpf) && pin_path.exists() {
         let report = crate::dataplane::loader::cleanup(pin_path)?;
@@ -24,19 +29,19 @@ pub fn remove_others(keep: Option<Dataplane>, pin_path: &Path) -> anyhow::Result
         }
     }
     if keep != Some(Dataplane::Nftables) {
-        removed.extend(super::nftables::cleanup(true)?);
-    } else {
+        removed.extend(super::nftables::cleanup(kube_proxy)?);
+    } else if kube_proxy {
         // The nftables dataplane keeps its own table but not kube-proxy's.
         removed.extend(kube_proxy_nft_only()?);
     }
     // IPVS mode keeps its masquerade chains in iptables, so both keep the SLUICE- chains.
     if !matches!(keep, Some(Dataplane::Iptables) | Some(Dataplane::Ipvs)) {
-        removed.extend(super::iptables::cleanup(true)?);
-    } else {
+        removed.extend(super::iptables::cleanup(kube_proxy)?);
+    } else if kube_proxy {
         removed.extend(kube_proxy_iptables_only()?);
     }
     if keep != Some(Dataplane::Ipvs) {
-        removed.extend(super::ipvs::cleanup(true)?);
+        removed.extend(super::ipvs::cleanup(kube_proxy)?);
     }
     for line in &removed {
         info!("removed {line}");
@@ -99,10 +104,11 @@ fn kube_proxy_iptables_only() -> anyhow::Result<Vec<String>> {
     Ok(removed)
 }
 
-/// Called at start: a failure to remove another dataplane's state is logged, not fatal, since
-/// the chosen dataplane may still serve (its own rules come first in most paths).
+/// Called at start, with kube-proxy's leftovers included: kube-proxy must not run next to
+/// Sluice, and its stale rules would otherwise keep answering for Services. A failure is
+/// logged, not fatal, since the chosen dataplane may still serve.
 pub fn switch_to(mode: Dataplane, pin_path: &Path) {
-    if let Err(e) = remove_others(Some(mode), pin_path) {
+    if let Err(e) = remove_others(Some(mode), pin_path, true) {
         warn!(error = %format!("{e:#}"), "removing the previous dataplane's state failed");
     }
 }

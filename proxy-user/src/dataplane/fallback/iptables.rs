@@ -24,18 +24,10 @@ pub const TABLES: [&str; 3] = ["nat", "filter", "mangle"];
 /// Chains by table, each with its rules (`-A CHAIN` left out).
 pub type IptState = BTreeMap<&'static str, BTreeMap<String, Vec<String>>>;
 
-/// Jumps from the built-in chains into Sluice's, as `(table, chain, rule)`.
+/// Jumps from the built-in chains into Sluice's, as `(table, chain, rule)`, in the order they
+/// are added: masquerading, refusals and the firewall before the jumps that DNAT, so no
+/// connection is ever translated without them.
 pub const JUMPS: &[(&str, &str, &str)] = &[
-    (
-        "nat",
-        "PREROUTING",
-        "-m comment --comment sluice -j SLUICE-SERVICES",
-    ),
-    (
-        "nat",
-        "OUTPUT",
-        "-m comment --comment sluice -j SLUICE-SERVICES",
-    ),
     (
         "nat",
         "POSTROUTING",
@@ -60,6 +52,16 @@ pub const JUMPS: &[(&str, &str, &str)] = &[
         "mangle",
         "PREROUTING",
         "-m comment --comment sluice -m conntrack --ctstate NEW -j SLUICE-FIREWALL",
+    ),
+    (
+        "nat",
+        "PREROUTING",
+        "-m comment --comment sluice -j SLUICE-SERVICES",
+    ),
+    (
+        "nat",
+        "OUTPUT",
+        "-m comment --comment sluice -j SLUICE-SERVICES",
     ),
 ];
 
@@ -170,6 +172,12 @@ pub fn render(plan: &Plan, settings: &RuleSettings) -> IptState {
                 _ => String::new(),
             };
             let verdict = empty_verdict(target);
+            // TCP gets a reset: ICMP errors are rate-limited per destination by the kernel,
+            // so a client retrying quickly would otherwise wait out a SYN retransmission.
+            let verdict = match (verdict, d.protocol) {
+                ("REJECT", crate::model::Protocol::Tcp) => "REJECT --reject-with tcp-reset",
+                (v, _) => v,
+            };
             empty.push(format!(
                 "{m}{scope} {} -j {verdict}",
                 comment(&format!("{} has no endpoints", d.comment))

@@ -115,7 +115,8 @@ pub fn render(plan: &Plan, settings: &RuleSettings) -> NftState {
     chain(
         "nat-output",
         base(
-            "type nat hook output priority dstnat; policy accept;",
+            // nft knows `dstnat` by name in prerouting only; -100 is its value.
+            "type nat hook output priority -100; policy accept;",
             &["jump services"],
         ),
     );
@@ -178,7 +179,15 @@ pub fn render(plan: &Plan, settings: &RuleSettings) -> NftState {
         "mark-for-masquerade",
         plain(vec![format!("meta mark set meta mark | {mark}")]),
     );
-    chain("reject-chain", plain(vec!["reject".into()]));
+    // TCP gets a reset: ICMP errors are rate-limited per destination by the kernel, so a
+    // client retrying quickly would otherwise wait out a SYN retransmission.
+    chain(
+        "reject-chain",
+        plain(vec![
+            "meta l4proto tcp reject with tcp reset".into(),
+            "reject".into(),
+        ]),
+    );
 
     let mut service_ips = BTreeMap::new();
     let mut no_endpoints = BTreeMap::new();
