@@ -341,12 +341,14 @@ mod tests {
     #[test]
     fn decisions() {
         use Dataplane::*;
-        let cases: &[(
+        /// (setting, features missing, fallbacks available, expected choice)
+        type Case = (
             Dataplane,
-            &[&'static str],
-            &[(Dataplane, bool)],
+            &'static [&'static str],
+            &'static [(Dataplane, bool)],
             Result<Dataplane, ()>,
-        )] = &[
+        );
+        let cases: &[Case] = &[
             // everything present → eBPF; a missing planned feature changes nothing
             (Auto, &[], ALL, Ok(Ebpf)),
             (Auto, &["program:xdp"], ALL, Ok(Ebpf)),

@@ -493,12 +493,12 @@ impl RuleDataplane for Nftables {
             Present::default()
         };
         let (script, changed) = transaction(self.applied.as_ref(), &present, &next);
-        if !script.is_empty() {
-            if let Err(e) = run_with_input("nft", &["-f", "-"], &script) {
-                // The kernel may hold something else than we think: rewrite everything next.
-                self.applied = None;
-                return Err(e);
-            }
+        if !script.is_empty()
+            && let Err(e) = run_with_input("nft", &["-f", "-"], &script)
+        {
+            // The kernel may hold something else than we think: rewrite everything next.
+            self.applied = None;
+            return Err(e);
         }
         self.applied = Some(next);
         Ok(ApplyReport {
