@@ -31,6 +31,9 @@ pub struct Feature {
     pub need: Need,
     /// `Err(why)` when absent.
     pub present: Result<(), String>,
+    /// The probe itself failed (the kernel refused the bpf() call: no CAP_BPF, or a seccomp
+    /// or LSM policy), so nothing is known about the kernel.
+    pub unknown: bool,
 }
 
 /// Everything `decide` looks at.
@@ -43,6 +46,15 @@ pub struct ProbeReport {
 }
 
 impl ProbeReport {
+    /// Required features whose probe failed, with the error.
+    pub fn unprobed(&self) -> Vec<String> {
+        self.bpf
+            .iter()
+            .filter(|f| f.need == Need::Required && f.unknown)
+            .filter_map(|f| f.present.as_ref().err().map(|e| format!("{}: {e}", f.name)))
+            .collect()
+    }
+
     /// Required eBPF features that are absent, with the reason.
     pub fn missing_required(&self) -> Vec<String> {
         self.bpf
@@ -92,7 +104,16 @@ pub struct Decision {
 /// anyway (the operator asked) with the missing features as warnings.
 pub fn decide(setting: Dataplane, report: &ProbeReport) -> Result<Decision, String> {
     let missing = report.missing_required();
+    let unprobed = report.unprobed();
     match setting {
+        // Falling back because Sluice may not call bpf() would hide a broken deployment (a
+        // dropped capability) behind a slower dataplane: that is an error, not an old kernel.
+        Dataplane::Auto if !unprobed.is_empty() => Err(format!(
+            "auto: cannot probe the kernel's BPF features ({}); Sluice needs CAP_BPF (and no \
+             seccomp or LSM policy forbidding bpf()) to use or rule out the eBPF dataplane; set \
+             `dataplane` to a fallback to run without it",
+            unprobed.join("; ")
+        )),
         Dataplane::Auto if missing.is_empty() => Ok(Decision {
             mode: Dataplane::Ebpf,
             reason: "auto: the kernel has every BPF feature Sluice needs".into(),
@@ -148,11 +169,14 @@ fn unavailable(report: &ProbeReport) -> String {
 /// reported absent whatever the kernel says: that is how tests (and an operator rehearsing a
 /// fleet's old kernels) exercise the fallback choice on a kernel that has everything.
 pub fn probe(pretend_missing: &[String]) -> ProbeReport {
-    let hide = |name: &'static str, found: Result<(), String>| -> Feature {
-        let present = if pretend_missing.iter().any(|n| n == name) {
-            Err("pretended missing (--pretend-missing)".into())
+    let hide = |name: &'static str, found: Result<(), (String, bool)>| -> Feature {
+        let (present, unknown) = if pretend_missing.iter().any(|n| n == name) {
+            (Err("pretended missing (--pretend-missing)".into()), false)
         } else {
-            found
+            match found {
+                Ok(()) => (Ok(()), false),
+                Err((why, unknown)) => (Err(why), unknown),
+            }
         };
         Feature {
             name,
@@ -162,6 +186,7 @@ pub fn probe(pretend_missing: &[String]) -> ProbeReport {
                 Need::Required
             },
             present,
+            unknown,
         }
     };
     let mut bpf = Vec::new();
@@ -210,8 +235,13 @@ pub fn probe(pretend_missing: &[String]) -> ProbeReport {
         "attach:tcx",
         SchedClassifier::query_tcx("lo", TcAttachType::Ingress)
             .map(|_| ())
-            .map_err(|e| format!("TCX query failed ({e}); needs Linux 6.6"))
-            .and(Ok(())),
+            .map_err(|e| {
+                let denied = permission_denied(&e);
+                (
+                    format!("TCX query failed ({}); needs Linux 6.6", chain(&e)),
+                    denied,
+                )
+            }),
     ));
     let kernel = kernel_release();
     // The verifier does not check helper flags, so BPF_FIB_LOOKUP_SRC can only be known from
@@ -220,10 +250,14 @@ pub fn probe(pretend_missing: &[String]) -> ProbeReport {
         "helper:fib_lookup_src",
         match parse_version(&kernel) {
             Some(v) if v >= (6, 8) => Ok(()),
-            Some((a, b)) => Err(format!(
-                "BPF_FIB_LOOKUP_SRC needs Linux 6.8, this is {a}.{b}"
+            Some((a, b)) => Err((
+                format!("BPF_FIB_LOOKUP_SRC needs Linux 6.8, this is {a}.{b}"),
+                false,
             )),
-            None => Err(format!("cannot read the kernel version from {kernel:?}")),
+            None => Err((
+                format!("cannot read the kernel version from {kernel:?}"),
+                true,
+            )),
         },
     ));
     let fallbacks = vec![
@@ -245,12 +279,39 @@ pub fn probe(pretend_missing: &[String]) -> ProbeReport {
 /// Features reported but not required by today's datapath.
 const PLANNED: &[&str] = &["program:xdp", "map:hash_of_maps"];
 
-fn verdict<E: fmt::Display>(r: Result<bool, E>) -> Result<(), String> {
+/// `Err((why, unknown))`: a failed probe is unknown, and carries its whole error chain (the
+/// errno is in the source, e.g. "Operation not permitted").
+fn verdict<E: std::error::Error>(r: Result<bool, E>) -> Result<(), (String, bool)> {
     match r {
         Ok(true) => Ok(()),
-        Ok(false) => Err("not supported by this kernel".into()),
-        Err(e) => Err(format!("probe failed: {e}")),
+        Ok(false) => Err(("not supported by this kernel".into(), false)),
+        Err(e) => Err((format!("probe failed: {}", chain(&e)), true)),
     }
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+fn permission_denied(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(e);
+    while let Some(err) = current {
+        if err
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
+        {
+            return true;
+        }
+        current = err.source();
+    }
+    false
 }
 
 fn kernel_release() -> String {
@@ -323,6 +384,7 @@ mod tests {
                     } else {
                         Ok(())
                     },
+                    unknown: false,
                 })
                 .collect(),
             fallbacks: fallbacks
@@ -390,6 +452,19 @@ mod tests {
         assert!(d.reason.contains("nftables"), "{}", d.reason);
         let forced = decide(Dataplane::Ebpf, &r).unwrap();
         assert_eq!(forced.warnings.len(), 2);
+    }
+
+    #[test]
+    fn a_failed_probe_is_an_error_for_auto_not_a_reason_to_fall_back() {
+        let mut r = report(&["map:lru_hash"], ALL);
+        r.bpf[0].unknown = true;
+        let err = decide(Dataplane::Auto, &r).unwrap_err();
+        assert!(err.contains("CAP_BPF"), "{err}");
+        assert!(err.contains("map:lru_hash"), "{err}");
+        assert_eq!(
+            decide(Dataplane::Iptables, &r).unwrap().mode,
+            Dataplane::Iptables
+        );
     }
 
     #[test]

@@ -1,11 +1,12 @@
 //! The IPVS dataplane: virtual servers per frontend, VIPs on a dummy interface so the host
 //! accepts their traffic, and iptables for the masquerading IPVS cannot do itself.
 //!
-//! Applied through `ipvsadm --restore` rather than netlink: the maintained Rust IPVS netlink
-//! crates found (`ipvs`, `netlink-packet-ipvs`) are unmaintained or cover only part of the
-//! generic-netlink family, and ipvsadm is what Debian ships next to the kernel module; the
-//! commands are computed as a diff (pure) between what `ipvsadm -Sn` lists and the desired
-//! services, so each sync is one ipvsadm run that touches only what changed.
+//! Applied through `ipvsadm --restore` rather than netlink. The Rust IPVS crates on crates.io
+//! do not fit: `ipvs` 0.1.1 (2017) only reserves the name, `netlink-packet-ipvs` is a single
+//! 0.0.1 release (2024) with packet types only, and `nlrs` is a young general netlink crate;
+//! ipvsadm is what Debian ships next to the kernel module and what kube-proxy's users know.
+//! The commands are a diff (pure) between what `ipvsadm -Sn` lists and the desired services,
+//! so each sync is one ipvsadm run that touches only what changed.
 //!
 //! Terminating (draining) endpoints stay as real servers with weight 0: established
 //! connections finish, new ones go elsewhere; they are removed once the EndpointSlice drops
