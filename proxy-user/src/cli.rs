@@ -5,7 +5,7 @@ use std::{net::IpAddr, path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
-    config::{ConfigOverrides, parse_go_duration},
+    config::{ConfigOverrides, Dataplane, parse_go_duration},
     dataplane::loader::DEFAULT_PIN_PATH,
 };
 
@@ -29,9 +29,10 @@ pub enum Command {
     ///
     /// Example: sluice run --manifests ./examples/manifests --interface eth0
     Run(RunArgs),
-    /// Detach every program Sluice attached and remove its pinned maps.
+    /// Remove every dataplane's state: BPF programs and pinned maps, the nftables table,
+    /// the iptables chains and the IPVS services Sluice made.
     ///
-    /// Example: sluice cleanup
+    /// Example: sluice cleanup --kube-proxy
     Cleanup(CleanupArgs),
     /// Run a synthetic packet through the live datapath and explain what it would do.
     ///
@@ -41,6 +42,10 @@ pub enum Command {
     ///
     /// Example: sluice trace --from 10.0.1.2:40000 --to 10.96.0.10:80 --proto tcp
     Trace(TraceArgs),
+    /// Report the kernel features Sluice needs and the dataplane `run` would choose.
+    ///
+    /// Example: sluice probe --dataplane auto
+    Probe(ProbeArgs),
 }
 
 #[derive(Debug, Args)]
@@ -58,6 +63,16 @@ pub struct TraceArgs {
     /// `table` for people, `json` for scripts.
     #[arg(long, short = 'o', default_value = "table", value_parser = ["table", "json"])]
     pub output: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// The dataplane setting to decide for (auto, ebpf, nftables, iptables, ipvs).
+    #[arg(long, default_value = "auto")]
+    pub dataplane: Dataplane,
+    /// Report a feature as absent (repeat); for rehearsing older kernels and for tests.
+    #[arg(long, value_name = "FEATURE")]
+    pub pretend_missing: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -94,6 +109,13 @@ pub struct RunArgs {
     /// Interval of full reconciles that repair drift in the maps (overrides the file).
     #[arg(long, value_parser = parse_go_duration)]
     pub sync_period: Option<Duration>,
+    /// The dataplane: auto, ebpf, nftables, iptables or ipvs (overrides the file).
+    #[arg(long)]
+    pub dataplane: Option<Dataplane>,
+    /// Report a kernel feature as absent to the start-up probe (repeat), e.g. `attach:tcx`:
+    /// rehearses what `auto` picks on an older kernel. See `sluice probe`.
+    #[arg(long, value_name = "FEATURE")]
+    pub pretend_missing: Vec<String>,
 }
 
 impl RunArgs {
@@ -105,6 +127,7 @@ impl RunArgs {
             interfaces: (!self.interfaces.is_empty()).then(|| self.interfaces.clone()),
             sync_period: self.sync_period,
             min_sync_period: self.min_sync_period,
+            dataplane: self.dataplane,
             ..ConfigOverrides::default()
         }
     }
@@ -114,4 +137,8 @@ impl RunArgs {
 pub struct CleanupArgs {
     #[arg(long, default_value = DEFAULT_PIN_PATH, value_name = "DIR")]
     pub pin_path: PathBuf,
+    /// Also remove a kube-proxy's leftovers (its KUBE-* chains, `kube-proxy` nft tables and
+    /// kube-ipvs0); only once kube-proxy no longer runs on the node.
+    #[arg(long)]
+    pub kube_proxy: bool,
 }

@@ -156,6 +156,15 @@ impl Scheduler {
             Scheduler::Random => "random",
         }
     }
+
+    /// The IPVS scheduler serving this choice in the IPVS fallback: IPVS has no random
+    /// scheduler, so `random` becomes round robin (kube-proxy's IPVS default).
+    pub fn ipvs_name(self) -> &'static str {
+        match self {
+            Scheduler::Random => "rr",
+            other => other.as_str(),
+        }
+    }
 }
 
 impl FromStr for Scheduler {

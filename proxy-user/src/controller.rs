@@ -13,6 +13,7 @@ use proxy_common::{FrontendMeta, ServiceKey, map_names};
 use crate::{
     config::{MapSizes, Scheduler},
     dataplane::{
+        fallback::RuleDataplane,
         layout::{
             SourceRangeEntry, Unserved, desired_maps, desired_meta, desired_source_ranges,
             desired_vips,
@@ -51,7 +52,11 @@ impl Default for SyncSettings {
 
 /// Drives the maps towards the inputs until `inputs` closes.
 pub struct Controller {
-    maps: PinnedMaps,
+    /// The eBPF maps; `None` when a fallback dataplane serves instead (`rules`).
+    maps: Option<PinnedMaps>,
+    /// A fallback dataplane (nftables, iptables, IPVS) given each desired state instead of
+    /// the maps being written.
+    rules: Option<Box<dyn RuleDataplane>>,
     mirror: Snapshot,
     node: NodeContext,
     settings: SyncSettings,
@@ -85,12 +90,37 @@ impl Controller {
         let side = SideMaps::read(&maps);
         Self {
             side,
-            maps,
+            maps: Some(maps),
+            rules: None,
             mirror,
             node,
             settings,
             observer,
             capacities,
+            last_skipped: BTreeSet::new(),
+            last_unserved: BTreeSet::new(),
+            last_inputs: Default::default(),
+            health_checks: tokio::sync::watch::channel(HealthChecks::default()).0,
+            programmed: BTreeMap::new(),
+        }
+    }
+
+    /// A controller that hands each desired state to a fallback dataplane; no BPF map exists.
+    pub fn with_rules(
+        rules: Box<dyn RuleDataplane>,
+        node: NodeContext,
+        settings: SyncSettings,
+        observer: Observer,
+    ) -> Self {
+        Self {
+            side: SideMaps::default(),
+            maps: None,
+            rules: Some(rules),
+            mirror: Snapshot::default(),
+            node,
+            settings,
+            observer,
+            capacities: MapSizes::default(),
             last_skipped: BTreeSet::new(),
             last_unserved: BTreeSet::new(),
             last_inputs: Default::default(),
@@ -174,25 +204,42 @@ impl Controller {
         let state = DesiredState::build(&snapshot.services, &snapshot.slices, &node);
         self.report_skipped(&state);
         self.publish_health_checks(&state);
-        let (desired, unserved) = desired_maps(&state, self.settings.scheduler);
+        let Some(mut maps) = self.maps.take() else {
+            return self.sync_rules(&state, &snapshot.slices, full, started);
+        };
+        let report = self.sync_maps(&mut maps, &state, &node, &snapshot.slices, full, started);
+        self.maps = Some(maps);
+        report
+    }
+
+    /// The eBPF half of a sync: writes the maps.
+    fn sync_maps(
+        &mut self,
+        maps: &mut PinnedMaps,
+        state: &DesiredState,
+        node: &NodeContext,
+        slices: &[k8s_openapi::api::discovery::v1::EndpointSlice],
+        full: bool,
+        started: Instant,
+    ) -> SyncReport {
+        let (desired, unserved) = desired_maps(state, self.settings.scheduler);
         self.report_unserved(&unserved);
         if full {
-            let actual = self.maps.snapshot();
+            let actual = maps.snapshot();
             if actual != self.mirror {
                 warn!("map contents differ from what Sluice wrote; repairing");
             }
             self.mirror = actual;
         }
-        let side = SideMaps::desired(&state, &node);
+        let side = SideMaps::desired(state, node);
         if full {
-            self.side = SideMaps::read(&self.maps);
+            self.side = SideMaps::read(maps);
         }
-        let metrics = &self.observer.metrics;
         self.side
-            .sync(&side, Phase::Upsert, &mut self.maps, metrics);
-        let report = plan::sync(&mut self.maps, &mut self.mirror, &desired);
+            .sync(&side, Phase::Upsert, maps, &self.observer.metrics);
+        let report = plan::sync(maps, &mut self.mirror, &desired);
         self.side
-            .sync(&side, Phase::Remove, &mut self.maps, &self.observer.metrics);
+            .sync(&side, Phase::Remove, maps, &self.observer.metrics);
         if full {
             let frontends = desired
                 .keys()
@@ -203,7 +250,7 @@ impl Controller {
                 .values()
                 .flat_map(|e| e.backends.iter().copied())
                 .collect();
-            self.maps.prune_traffic(&frontends, &backends);
+            maps.prune_traffic(&frontends, &backends);
         }
         for (key, err) in &report.failed {
             error!(frontend = ?key, error = %err, "frontend not updated; its previous entry keeps serving");
@@ -211,7 +258,7 @@ impl Controller {
         }
         self.report_metrics(desired.len(), &report, full, started.elapsed());
         if report.failed.is_empty() {
-            self.report_programmed(&snapshot.slices);
+            self.report_programmed(slices);
         }
         let level_info = report.writes + report.deletes > 0;
         if level_info {
@@ -226,6 +273,47 @@ impl Controller {
             );
         }
         report
+    }
+
+    /// The fallback half of a sync: the dataplane renders and applies the state itself. A
+    /// failed apply is logged and counted as a failed sync; the next change or full sync
+    /// retries (the dataplane then rewrites everything).
+    fn sync_rules(
+        &mut self,
+        state: &DesiredState,
+        slices: &[k8s_openapi::api::discovery::v1::EndpointSlice],
+        full: bool,
+        started: Instant,
+    ) -> SyncReport {
+        let Some(rules) = self.rules.as_mut() else {
+            return SyncReport::default();
+        };
+        let name = rules.name();
+        let applied = rules.apply(state, full);
+        self.observer
+            .metrics
+            .set_frontends(state.frontends().count());
+        match applied {
+            Ok(applied) => {
+                self.observer.synced(full, started.elapsed());
+                self.report_programmed(slices);
+                if applied.changed > 0 {
+                    info!(
+                        dataplane = name,
+                        frontends = applied.frontends,
+                        chains_changed = applied.changed,
+                        full = applied.full,
+                        elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+                        "rules synced"
+                    );
+                }
+            }
+            Err(e) => {
+                error!(dataplane = name, error = %format!("{e:#}"), "applying the rules failed; retrying at the next sync");
+                self.observer.sync_failed(full, started.elapsed());
+            }
+        }
+        SyncReport::default()
     }
 
     fn report_skipped(&mut self, state: &DesiredState) {

@@ -4,9 +4,16 @@ use anyhow::{Context as _, bail};
 use clap::Parser as _;
 use sluice::{
     cli::{Cli, Command, RunArgs},
+    config::Dataplane,
     config::{self, Config},
     controller::{self, Controller, SyncSettings},
-    dataplane::{loader, maps::PinnedMaps, settings::datapath_settings},
+    dataplane::{
+        fallback::{self, RuleDataplane, RuleSettings},
+        loader,
+        maps::PinnedMaps,
+        probe,
+        settings::datapath_settings,
+    },
     model::NodeContext,
     observe::{self, Observer, Servers},
     source::{Inputs, kube, manifests},
@@ -19,14 +26,30 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Trace(args) => trace(&args),
-        Command::Cleanup(args) => loader::cleanup(&args.pin_path).map(|report| {
-            println!(
-                "removed {} link(s) and {} pinned map(s) from {}",
-                report.links.len(),
-                report.maps.len(),
-                args.pin_path.display()
-            );
-        }),
+        Command::Cleanup(args) => {
+            fallback::cleanup::remove_others(None, &args.pin_path, args.kube_proxy).map(|removed| {
+                for line in &removed {
+                    println!("removed {line}");
+                }
+                if removed.is_empty() {
+                    println!("nothing to remove");
+                }
+            })
+        }
+        Command::Probe(args) => {
+            let report = probe::probe(&args.pretend_missing);
+            print!("{report}");
+            match probe::decide(args.dataplane, &report) {
+                Ok(decision) => {
+                    println!("dataplane: {} ({})", decision.mode, decision.reason);
+                    for w in decision.warnings {
+                        println!("warning: {w}");
+                    }
+                    Ok(())
+                }
+                Err(e) => Err(anyhow::anyhow!(e)),
+            }
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -93,19 +116,44 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         println!("{config:#?}");
         return Ok(());
     }
-    if config.interfaces.is_empty() {
-        bail!("no interface to attach to: pass --interface IFACE or set `interfaces`");
+    // Decided once, logged once: the probe's every missing feature and the choice.
+    let report = probe::probe(&args.pretend_missing);
+    for missing in report.missing_required() {
+        warn!(feature = %missing, "BPF feature missing");
     }
-    let mut datapath = loader::load(&config.pin_path, &config.interfaces, config.maps)?;
-    let datapath_settings = datapath_settings(&config);
-    for warning in &datapath_settings.warnings {
+    let decision = probe::decide(config.dataplane, &report).map_err(anyhow::Error::msg)?;
+    for warning in &decision.warnings {
         warn!("{warning}");
     }
-    datapath
-        .maps
-        .configure(&datapath_settings)
-        .context("writing the datapath's settings (SLUICE_CONFIG, SLUICE_LOCAL4)")?;
-    datapath.attach_xdp(&config.xdp_interfaces, config.xdp_mode)?;
+    info!(
+        dataplane = %decision.mode,
+        setting = %config.dataplane,
+        kernel = %report.kernel,
+        reason = %decision.reason,
+        "dataplane chosen"
+    );
+    // The previous dataplane's state (Sluice's own or a kube-proxy's) would keep answering
+    // for Services beside the new one.
+    fallback::cleanup::switch_to(decision.mode, &config.pin_path);
+    let ebpf = decision.mode == Dataplane::Ebpf;
+    if ebpf && config.interfaces.is_empty() {
+        bail!("no interface to attach to: pass --interface IFACE or set `interfaces`");
+    }
+    let datapath = if ebpf {
+        let mut datapath = loader::load(&config.pin_path, &config.interfaces, config.maps)?;
+        let datapath_settings = datapath_settings(&config);
+        for warning in &datapath_settings.warnings {
+            warn!("{warning}");
+        }
+        datapath
+            .maps
+            .configure(&datapath_settings)
+            .context("writing the datapath's settings (SLUICE_CONFIG, SLUICE_LOCAL4)")?;
+        datapath.attach_xdp(&config.xdp_interfaces, config.xdp_mode)?;
+        Some(datapath)
+    } else {
+        None
+    };
     let node_name = kube::node_name(config.hostname_override.as_deref())?;
     let node_addresses = if args.node_addresses.is_empty() {
         interface_addresses(&config.interfaces)?
@@ -130,7 +178,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async move {
         let observer = Observer::new(config.sync_period);
-        observer.metrics.set_dataplane_mode("ebpf");
+        observer.metrics.set_dataplane_mode(decision.mode.as_str());
         // Bound before anything runs, so a busy port fails the start with its setting named.
         let servers = Servers::bind(
             config.metrics_bind_address,
@@ -171,18 +219,37 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 tokio::spawn(kube::run(client, node_name, tx))
             }
         };
-        tokio::spawn(controller::mirror_datapath_counters(
-            PinnedMaps::open(&config.pin_path)?,
-            observer.metrics.clone(),
-            Duration::from_secs(1),
-        ));
-        let controller = Controller::new(
-            datapath.maps,
-            node,
-            settings,
-            observer.clone(),
-            datapath.capacities,
-        );
+        let controller = match datapath {
+            Some(datapath) => {
+                tokio::spawn(controller::mirror_datapath_counters(
+                    PinnedMaps::open(&config.pin_path)?,
+                    observer.metrics.clone(),
+                    Duration::from_secs(1),
+                ));
+                Controller::new(
+                    datapath.maps,
+                    node,
+                    settings,
+                    observer.clone(),
+                    datapath.capacities,
+                )
+            }
+            None => {
+                let (rule_settings, warnings) =
+                    RuleSettings::from_config(&config, &node.node_addresses);
+                for warning in &warnings {
+                    warn!("{warning}");
+                }
+                let rules: Box<dyn RuleDataplane> = match decision.mode {
+                    Dataplane::Iptables => {
+                        Box::new(fallback::iptables::Iptables::new(rule_settings))
+                    }
+                    Dataplane::Ipvs => Box::new(fallback::ipvs::Ipvs::new(rule_settings)),
+                    _ => Box::new(fallback::nftables::Nftables::new(rule_settings)),
+                };
+                Controller::with_rules(rules, node, settings, observer.clone())
+            }
+        };
         tokio::spawn(observe::service_health::run(
             controller.health_checks(),
             observer,
@@ -195,7 +262,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 Err(e) => Err(anyhow::anyhow!("the source of Services panicked: {e}")),
             },
             () = shutdown_signal() => {
-                info!("stopping; the datapath stays attached (`sluice cleanup` removes it)");
+                info!("stopping; the dataplane stays in place (`sluice cleanup` removes it)");
                 Ok(())
             }
         };
@@ -216,7 +283,14 @@ async fn shutdown_signal() {
 fn interface_addresses(interfaces: &[String]) -> anyhow::Result<Vec<IpAddr>> {
     let mut out = Vec::new();
     for ifaddr in nix::ifaddrs::getifaddrs().context("listing interface addresses")? {
-        if !interfaces.contains(&ifaddr.interface_name) {
+        // With no interface named (a fallback dataplane needs none), every address but the
+        // loopback's answers NodePorts, as kube-proxy's default nodePortAddresses.
+        let listed = if interfaces.is_empty() {
+            ifaddr.interface_name != "lo"
+        } else {
+            interfaces.contains(&ifaddr.interface_name)
+        };
+        if !listed {
             continue;
         }
         if let Some(sin) = ifaddr.address.as_ref().and_then(|a| a.as_sockaddr_in()) {

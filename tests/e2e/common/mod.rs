@@ -146,6 +146,14 @@ impl Sluice {
         self.spawn();
     }
 
+    /// Kills the process and starts it again with other extra arguments (another
+    /// dataplane, say), on the same pin path and manifests.
+    pub fn switch(&mut self, extra_args: &[&str]) {
+        self.kill();
+        self.extra_args = extra_args.iter().map(ToString::to_string).collect();
+        self.spawn();
+    }
+
     pub fn log(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
