@@ -2,11 +2,12 @@
 
 use std::{net::IpAddr, path::PathBuf, time::Duration};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::{
     config::{ConfigOverrides, Dataplane, parse_go_duration},
     dataplane::loader::DEFAULT_PIN_PATH,
+    inspect::{ConntrackFilter, EndpointFilter, ProtocolFilter, ServiceRef},
 };
 
 #[derive(Debug, Parser)]
@@ -46,6 +47,15 @@ pub enum Command {
     ///
     /// Example: sluice probe --dataplane auto
     Probe(ProbeArgs),
+    /// Show what the live datapath holds, read from its pinned maps (works whether or not
+    /// `sluice run` is up; needs the privileges to read BPF maps).
+    ///
+    /// Example: sluice inspect services --output json
+    Inspect(InspectArgs),
+    /// Print a completion script for a shell.
+    ///
+    /// Example: sluice completions bash > /etc/bash_completion.d/sluice
+    Completions(CompletionsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -73,6 +83,132 @@ pub struct ProbeArgs {
     /// Report a feature as absent (repeat); for rehearsing older kernels and for tests.
     #[arg(long, value_name = "FEATURE")]
     pub pretend_missing: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to write the script for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    #[command(subcommand)]
+    pub what: InspectCommand,
+    #[command(flatten)]
+    pub common: InspectCommon,
+}
+
+/// Options every `inspect` subcommand takes (before or after the subcommand's name).
+#[derive(Debug, Clone, Args)]
+pub struct InspectCommon {
+    /// bpffs directory where the maps are pinned.
+    #[arg(long, global = true, default_value = DEFAULT_PIN_PATH, value_name = "DIR")]
+    pub pin_path: PathBuf,
+    /// Aligned tables for people, or JSON for scripts (field names: docs/cli.md).
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+    /// Print again every INTERVAL (Go duration, default 2s) until interrupted. With
+    /// `--output json`, each refresh is one JSON document on one line.
+    #[arg(
+        long,
+        global = true,
+        value_name = "INTERVAL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "2s",
+        value_parser = parse_go_duration
+    )]
+    pub watch: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InspectCommand {
+    /// Every frontend (address, port, protocol, scope) and the Service it came from.
+    ///
+    /// Example: sluice inspect services --namespace kube-system
+    Services {
+        /// Only the Services of this namespace.
+        #[arg(long, short = 'n', value_name = "NS")]
+        namespace: Option<String>,
+    },
+    /// Every backend, the Services that send to it, and its traffic.
+    ///
+    /// Example: sluice inspect backends --output json
+    Backends,
+    /// One Service: its frontends and each one's backend slots in order, with their states.
+    ///
+    /// Example: sluice inspect service default/web
+    Service {
+        /// The Service as NAMESPACE/NAME.
+        service: ServiceRef,
+    },
+    /// A Service's Maglev lookup table (the datapath has none yet: this says so and fails).
+    ///
+    /// Example: sluice inspect maglev default/web --full
+    Maglev {
+        /// The Service as NAMESPACE/NAME.
+        service: ServiceRef,
+        /// Print every table entry, not only each backend's share.
+        #[arg(long)]
+        full: bool,
+    },
+    /// Tracked flows (client → frontend → backend), filtered, with counts.
+    ///
+    /// Example: sluice inspect conntrack --vip 10.96.0.10:80 --protocol tcp
+    Conntrack(ConntrackArgs),
+    /// Session-affinity entries (the datapath has none yet: this says so and fails).
+    ///
+    /// Example: sluice inspect affinity default/web
+    Affinity {
+        /// Only this Service (NAMESPACE/NAME).
+        service: Option<ServiceRef>,
+    },
+    /// Datapath counters, drops by reason, traffic per frontend and per backend, map fill.
+    ///
+    /// Example: sluice inspect stats --watch=1s
+    Stats,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ConntrackArgs {
+    /// Flows to this frontend address (IP or IP:PORT).
+    #[arg(long, value_name = "IP[:PORT]")]
+    pub vip: Option<EndpointFilter>,
+    /// Flows sent to this backend (IP or IP:PORT).
+    #[arg(long, value_name = "IP[:PORT]")]
+    pub backend: Option<EndpointFilter>,
+    /// Flows from this client (IP or IP:PORT).
+    #[arg(long, value_name = "IP[:PORT]")]
+    pub client: Option<EndpointFilter>,
+    /// Flows of this protocol.
+    #[arg(long, value_enum)]
+    pub protocol: Option<ProtocolFilter>,
+    /// Flows of this Service (NAMESPACE/NAME).
+    #[arg(long, value_name = "NS/NAME")]
+    pub service: Option<ServiceRef>,
+    /// Print only the counts, not the flows.
+    #[arg(long)]
+    pub summary: bool,
+}
+
+impl ConntrackArgs {
+    pub fn filter(&self) -> ConntrackFilter {
+        ConntrackFilter {
+            vip: self.vip,
+            backend: self.backend,
+            client: self.client,
+            protocol: self.protocol,
+            service: self.service.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Args)]

@@ -1,7 +1,7 @@
 use std::{net::IpAddr, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, bail};
-use clap::Parser as _;
+use clap::{CommandFactory as _, Parser as _};
 use sluice::{
     cli::{Cli, Command, RunArgs},
     config::Dataplane,
@@ -14,6 +14,7 @@ use sluice::{
         probe,
         settings::datapath_settings,
     },
+    inspect,
     model::NodeContext,
     observe::{self, Observer, Servers},
     source::{Inputs, kube, manifests},
@@ -49,6 +50,16 @@ fn main() -> std::process::ExitCode {
                 }
                 Err(e) => Err(anyhow::anyhow!(e)),
             }
+        }
+        Command::Inspect(args) => inspect::run(&args),
+        Command::Completions(args) => {
+            clap_complete::generate(
+                args.shell,
+                &mut Cli::command(),
+                "sluice",
+                &mut std::io::stdout(),
+            );
+            Ok(())
         }
     };
     match result {

@@ -1,0 +1,202 @@
+//! `sluice inspect`: the live datapath, read from its pinned maps, for operators.
+//!
+//! Three layers, so that everything but the first is tested without a kernel:
+//! [`source`] reads the maps into plain data, [`views`] turns that into rows (the JSON
+//! documents of docs/cli.md), and [`render`] prints rows as tables or JSON.
+//!
+//! Reading pins rather than asking `sluice run` means the commands work whether or not it is
+//! up, and show what the kernel really holds rather than what the controller believes.
+//!
+//! `sluice trace` (issue 6) will sit beside this once the datapath has a trace mode. Its
+//! intended shape: `sluice trace [--vip IP[:PORT]] [--client IP[:PORT]] [--protocol P]
+//! [--count N] [--output json]`, switching the trace mode on for matching packets only,
+//! printing one line (or JSON document) per packet decision — frontend, scope, slot and
+//! backend chosen or the drop reason — and switching it off again on exit.
+
+pub mod render;
+pub mod source;
+pub mod views;
+
+use std::{
+    io::{self, IsTerminal as _, Write},
+    time::{Duration, SystemTime},
+};
+
+use anyhow::bail;
+pub use views::{ConntrackFilter, EndpointFilter, ProtocolFilter, ServiceRef};
+
+use self::{render::Block, source::Parts};
+use crate::{
+    cli::{InspectArgs, InspectCommand, OutputFormat},
+    dataplane::maps::PinnedMaps,
+    observe::clock::format_rfc3339,
+};
+
+/// Runs one `sluice inspect` command, once or, with `--watch`, until interrupted.
+pub fn run(args: &InspectArgs) -> anyhow::Result<()> {
+    let stdout = io::stdout();
+    let terminal = stdout.is_terminal();
+    // https://no-color.org: any non-empty NO_COLOR turns colour off.
+    let colour = terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let Some(interval) = args.common.watch else {
+        let mut out = Vec::new();
+        render_once(args, &mut out, colour, false)?;
+        return write_out(&out);
+    };
+    let mut first = true;
+    loop {
+        let mut out = Vec::new();
+        if args.common.output == OutputFormat::Table {
+            if terminal {
+                // Home and clear, so the table redraws in place like watch(1).
+                out.extend_from_slice(b"\x1b[H\x1b[2J");
+            } else if !first {
+                out.push(b'\n');
+            }
+            writeln!(
+                out,
+                "Every {}: sluice inspect {}    {}\n",
+                humantime(interval),
+                args.what.name(),
+                format_rfc3339(SystemTime::now())
+            )?;
+        }
+        match render_once(args, &mut out, colour, true) {
+            Ok(()) => write_out(&out)?,
+            // Nothing to show from the start: say so once and stop, as without --watch.
+            Err(e) if first => return Err(e),
+            // The maps went away (e.g. `sluice cleanup`) or came back changed: keep watching.
+            Err(e) => eprintln!("sluice: {e:#}"),
+        }
+        first = false;
+        std::thread::sleep(interval);
+    }
+}
+
+/// Writes everything at once (less flicker when redrawing); a reader that went away (`| head`)
+/// is not an error.
+fn write_out(bytes: &[u8]) -> anyhow::Result<()> {
+    let mut stdout = io::stdout().lock();
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => std::process::exit(0),
+        other => Ok(other?),
+    }
+}
+
+fn humantime(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+fn render_once(
+    args: &InspectArgs,
+    out: &mut Vec<u8>,
+    colour: bool,
+    watching: bool,
+) -> anyhow::Result<()> {
+    let pin = &args.common.pin_path;
+    let maps = PinnedMaps::open(pin)?;
+    let json = args.common.output == OutputFormat::Json;
+    let emit = |out: &mut Vec<u8>, view: &dyn erased::View, blocks: Vec<Block>| {
+        if json {
+            view.write_json(out, watching)
+        } else {
+            render::write_blocks(out, &blocks, colour)
+        }
+    };
+    match &args.what {
+        InspectCommand::Services { namespace } => {
+            let contents = source::read(&maps, pin, Parts::default())?;
+            let view = views::services(&contents, namespace.as_deref());
+            emit(out, &view, render::services(&view, namespace.as_deref()))?;
+        }
+        InspectCommand::Backends => {
+            let contents = source::read(&maps, pin, Parts::default())?;
+            let view = views::backends(&contents);
+            emit(out, &view, render::backends(&view))?;
+        }
+        InspectCommand::Service { service } => {
+            let parts = Parts {
+                conntrack: true,
+                ..Parts::default()
+            };
+            let contents = source::read(&maps, pin, parts)?;
+            let Some(view) = views::service(&contents, service) else {
+                bail!(
+                    "Service {service} has no frontend in the datapath (no such Service, no \
+                     usable address, or not synced yet): see `sluice inspect services`"
+                );
+            };
+            emit(out, &view, render::service(&view))?;
+        }
+        InspectCommand::Conntrack(filter) => {
+            let parts = Parts {
+                conntrack: true,
+                ..Parts::default()
+            };
+            let contents = source::read(&maps, pin, parts)?;
+            let view = views::conntrack(&contents, &filter.filter(), !filter.summary);
+            emit(out, &view, render::conntrack(&view, filter.summary))?;
+        }
+        InspectCommand::Stats => {
+            let parts = Parts {
+                fill: true,
+                ..Parts::default()
+            };
+            let contents = source::read(&maps, pin, parts)?;
+            let view = views::stats(&contents);
+            emit(out, &view, render::stats(&view))?;
+        }
+        // The maps were opened first so that a missing pin or privilege is reported as for
+        // every other subcommand; what follows is the datapath's own limit, not a failure to
+        // read it.
+        InspectCommand::Maglev { service, .. } => bail!(
+            "the datapath has no Maglev lookup tables yet: every frontend, {service}'s \
+             included, selects backends at random (ALGORITHM in `sluice inspect service \
+             {service}`)"
+        ),
+        InspectCommand::Affinity { .. } => bail!(
+            "the datapath has no session-affinity map yet: sessionAffinity timeouts are \
+             recorded per frontend (AFFINITY in `sluice inspect services`) but not enforced"
+        ),
+    }
+    Ok(())
+}
+
+/// Object-safe JSON writing, so one closure can emit any view.
+mod erased {
+    use std::io;
+
+    use serde::Serialize;
+
+    pub trait View {
+        fn write_json(&self, out: &mut Vec<u8>, one_line: bool) -> io::Result<()>;
+    }
+
+    impl<T: Serialize> View for T {
+        fn write_json(&self, out: &mut Vec<u8>, one_line: bool) -> io::Result<()> {
+            super::render::write_json(out, self, one_line)
+        }
+    }
+}
+
+impl InspectCommand {
+    /// The subcommand's name, for the `--watch` header.
+    fn name(&self) -> String {
+        match self {
+            Self::Services { .. } => "services".into(),
+            Self::Backends => "backends".into(),
+            Self::Service { service } => format!("service {service}"),
+            Self::Maglev { service, .. } => format!("maglev {service}"),
+            Self::Conntrack(_) => "conntrack".into(),
+            Self::Affinity { .. } => "affinity".into(),
+            Self::Stats => "stats".into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
