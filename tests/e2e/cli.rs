@@ -50,6 +50,32 @@ fn table(pin: &Path, args: &[&str]) -> String {
         "sluice inspect {args:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        !text.contains('\x1b'),
+        "colour codes in piped output: {text:?}"
+    );
+    text
+}
+
+/// Runs `sluice inspect ARGS` on a pseudo-terminal (util-linux `script`), as a person would.
+fn on_terminal(pin: &Path, args: &[&str], no_color: bool) -> String {
+    let command = format!(
+        "{SLUICE} inspect {} --pin-path {}",
+        args.join(" "),
+        pin.display()
+    );
+    let mut script = Command::new("script");
+    script
+        .args(["-qec", &command, "/dev/null"])
+        .stdin(Stdio::null());
+    if no_color {
+        script.env("NO_COLOR", "1");
+    } else {
+        script.env_remove("NO_COLOR");
+    }
+    let out = script.output().expect("running script(1)");
+    assert!(out.status.success(), "{command}: {out:?}");
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -328,7 +354,37 @@ fn inspect_shows_a_live_service_its_backends_flows_and_counters() {
         "{unknown}"
     );
 
-    // --watch: one JSON document per line, again and again.
+    // Colour on a terminal only (piped output was checked by every `table` above), and never
+    // with NO_COLOR.
+    let coloured = on_terminal(pin, &["services"], false);
+    assert!(coloured.contains("\x1b[1mSERVICE\x1b[0m"), "{coloured:?}");
+    let plain = on_terminal(pin, &["services"], true);
+    assert!(plain.starts_with("SERVICE "), "{plain:?}");
+    assert!(!plain.contains('\x1b'), "{plain:?}");
+
+    // --watch: tables again and again, each under a header when piped...
+    let mut child = Command::new(SLUICE)
+        .args(["inspect", "backends", "--watch=200ms"])
+        .arg("--pin-path")
+        .arg(pin)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut headers = 0;
+    while headers < 2 {
+        let line = lines.next().expect("a refresh").unwrap();
+        assert!(!line.contains('\x1b'), "{line:?}");
+        if line.starts_with("Every 200ms: sluice inspect backends") {
+            headers += 1;
+            assert_eq!(lines.next().unwrap().unwrap(), "");
+            assert!(lines.next().unwrap().unwrap().starts_with("ID "));
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // ...and one JSON document per line with --output json.
     let mut child = Command::new(SLUICE)
         .args(["inspect", "services", "--output", "json", "--watch=200ms"])
         .arg("--pin-path")
