@@ -311,6 +311,15 @@ fn inspect_shows_a_live_service_its_backends_flows_and_counters() {
         .unwrap_or_else(|| panic!("no traffic for web: {stats}"));
     assert!(u64_of(fe, "forward_packets") >= REQUESTS as u64);
     assert!(u64_of(fe, "reply_packets") > 0);
+    let per_service = array(&stats, "services")
+        .iter()
+        .find(|s| s["namespace"] == "default" && s["name"] == "web")
+        .unwrap_or_else(|| panic!("no Service traffic for web: {stats}"));
+    assert_eq!(u64_of(per_service, "frontends"), 1);
+    assert_eq!(
+        u64_of(per_service, "forward_packets"),
+        u64_of(fe, "forward_packets")
+    );
     let map = |name: &str| {
         array(&stats, "maps")
             .iter()

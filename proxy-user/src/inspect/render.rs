@@ -481,6 +481,19 @@ pub fn stats(view: &StatsView) -> Vec<Block> {
             d.meaning.into(),
         ]);
     }
+    let mut headers = vec!["SERVICE", "FRONTENDS"];
+    headers.extend(TRAFFIC_HEADERS);
+    let mut numeric = vec!["FRONTENDS"];
+    numeric.extend(TRAFFIC_HEADERS);
+    let mut services = Table::new(&headers, &numeric, "no Service has seen traffic");
+    for s in &view.services {
+        let mut row = vec![
+            format!("{}/{}", s.namespace, s.name).into(),
+            u64::from(s.frontends).into(),
+        ];
+        row.extend(traffic_cells(&s.traffic));
+        services.push(row);
+    }
     let mut headers = vec!["SERVICE", "PORT", "KIND", "FRONTEND"];
     headers.extend(TRAFFIC_HEADERS);
     let mut frontends = Table::new(&headers, &TRAFFIC_HEADERS, "no frontend has seen traffic");
@@ -530,6 +543,7 @@ pub fn stats(view: &StatsView) -> Vec<Block> {
             "Drops and refusals by reason (they overlap, see MEANING):",
             drops,
         ),
+        ("Traffic per Service (its frontends summed):", services),
         ("Traffic per frontend:", frontends),
         ("Traffic per backend:", backends),
         ("Map fill:", maps),

@@ -420,6 +420,14 @@ fn stats_report_drops_traffic_and_map_fill() {
             ..TrafficCounters::default()
         },
     );
+    c.frontend_traffic.insert(
+        node_port_key(),
+        TrafficCounters {
+            forward_packets: 5,
+            reply_bytes: 7,
+            ..TrafficCounters::default()
+        },
+    );
     // Counters of a backend already removed from SLUICE_BACKENDS4.
     c.backend_traffic.insert(
         backend([10, 0, 99, 2], 80, PROTO_TCP),
@@ -449,6 +457,19 @@ fn stats_report_drops_traffic_and_map_fill() {
     };
     assert_eq!((drop("reject_tcp"), drop("drop_source_range")), (3, 0));
     assert_eq!(view.frontends[0].service(), "default/web");
+    assert_eq!(view.frontends.len(), 2);
+    let web = &view.services[0];
+    assert_eq!(view.services.len(), 1);
+    assert_eq!(
+        (
+            web.name.as_str(),
+            web.frontends,
+            web.traffic.forward_packets,
+            web.traffic.reply_bytes
+        ),
+        ("web", 2, 15, 7),
+        "a Service's traffic is its frontends' summed"
+    );
     assert_eq!(view.backends[0].id, None);
     let json = serde_json::to_value(&view).unwrap();
     assert_eq!(

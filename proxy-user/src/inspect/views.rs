@@ -770,6 +770,17 @@ impl FrontendTraffic {
     }
 }
 
+/// A Service's traffic: the sum over its frontends.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ServiceTraffic {
+    pub namespace: String,
+    pub name: String,
+    /// Frontends that have seen traffic.
+    pub frontends: u32,
+    #[serde(flatten)]
+    pub traffic: Traffic,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct BackendTraffic {
     /// `None` for a backend no longer in `SLUICE_BACKENDS4` (its counters are pruned at the
@@ -812,6 +823,7 @@ impl From<&MapFill> for MapFillRow {
 pub struct StatsView {
     pub counters: Vec<CounterRow>,
     pub drops: Vec<DropRow>,
+    pub services: Vec<ServiceTraffic>,
     pub frontends: Vec<FrontendTraffic>,
     pub backends: Vec<BackendTraffic>,
     pub maps: Vec<MapFillRow>,
@@ -827,6 +839,26 @@ pub fn stats(c: &Contents) -> StatsView {
     };
     let mut frontends: Vec<(&ServiceKey, &TrafficCounters)> = c.frontend_traffic.iter().collect();
     frontends.sort_by_cached_key(|(k, _)| frontend_order(k, c.meta.get(k)));
+    // Frontends without metadata cannot be attributed; they still show per frontend.
+    let mut services: BTreeMap<(String, String), ServiceTraffic> = BTreeMap::new();
+    for (k, t) in &c.frontend_traffic {
+        let (Some(namespace), Some(name)) = owner(c.meta.get(k)) else {
+            continue;
+        };
+        let entry = services
+            .entry((namespace.clone(), name.clone()))
+            .or_insert_with(|| ServiceTraffic {
+                namespace,
+                name,
+                frontends: 0,
+                traffic: Traffic::default(),
+            });
+        entry.frontends += 1;
+        entry.traffic.forward_packets += t.forward_packets;
+        entry.traffic.forward_bytes += t.forward_bytes;
+        entry.traffic.reply_packets += t.reply_packets;
+        entry.traffic.reply_bytes += t.reply_bytes;
+    }
     let ids: BTreeMap<&Backend, u32> = c.backends.iter().map(|(id, b)| (b, *id)).collect();
     let mut backends: Vec<(&Backend, &TrafficCounters)> = c.backend_traffic.iter().collect();
     backends.sort_by_key(|(b, _)| backend_order(b));
@@ -845,6 +877,7 @@ pub fn stats(c: &Contents) -> StatsView {
                 meaning,
             })
             .collect(),
+        services: services.into_values().collect(),
         frontends: frontends
             .into_iter()
             .map(|(k, t)| {
