@@ -23,6 +23,7 @@ use std::{
 };
 
 use anyhow::bail;
+use serde::Serialize;
 pub use views::{ConntrackFilter, EndpointFilter, ProtocolFilter, ServiceRef};
 
 use self::{render::Block, source::Parts};
@@ -99,24 +100,21 @@ fn render_once(
 ) -> anyhow::Result<()> {
     let pin = &args.common.pin_path;
     let maps = PinnedMaps::open(pin)?;
-    let json = args.common.output == OutputFormat::Json;
-    let emit = |out: &mut Vec<u8>, view: &dyn erased::View, blocks: Vec<Block>| {
-        if json {
-            view.write_json(out, watching)
-        } else {
-            render::write_blocks(out, &blocks, colour)
-        }
+    let emit = Emit {
+        json: args.common.output == OutputFormat::Json,
+        colour,
+        watching,
     };
     match &args.what {
         InspectCommand::Services { namespace } => {
             let contents = source::read(&maps, pin, Parts::default())?;
             let view = views::services(&contents, namespace.as_deref());
-            emit(out, &view, render::services(&view, namespace.as_deref()))?;
+            emit.write(out, &view, |v| render::services(v, namespace.as_deref()))?;
         }
         InspectCommand::Backends => {
             let contents = source::read(&maps, pin, Parts::default())?;
             let view = views::backends(&contents);
-            emit(out, &view, render::backends(&view))?;
+            emit.write(out, &view, render::backends)?;
         }
         InspectCommand::Service { service } => {
             let parts = Parts {
@@ -130,7 +128,7 @@ fn render_once(
                      usable address, or not synced yet): see `sluice inspect services`"
                 );
             };
-            emit(out, &view, render::service(&view))?;
+            emit.write(out, &view, render::service)?;
         }
         InspectCommand::Conntrack(filter) => {
             let parts = Parts {
@@ -139,7 +137,7 @@ fn render_once(
             };
             let contents = source::read(&maps, pin, parts)?;
             let view = views::conntrack(&contents, &filter.filter(), !filter.summary);
-            emit(out, &view, render::conntrack(&view, filter.summary))?;
+            emit.write(out, &view, |v| render::conntrack(v, filter.summary))?;
         }
         InspectCommand::Stats => {
             let parts = Parts {
@@ -148,7 +146,7 @@ fn render_once(
             };
             let contents = source::read(&maps, pin, parts)?;
             let view = views::stats(&contents);
-            emit(out, &view, render::stats(&view))?;
+            emit.write(out, &view, render::stats)?;
         }
         // The maps were opened first so that a missing pin or privilege is reported as for
         // every other subcommand; what follows is the datapath's own limit, not a failure to
@@ -166,19 +164,25 @@ fn render_once(
     Ok(())
 }
 
-/// Object-safe JSON writing, so one closure can emit any view.
-mod erased {
-    use std::io;
+/// How a view is printed.
+struct Emit {
+    json: bool,
+    colour: bool,
+    watching: bool,
+}
 
-    use serde::Serialize;
-
-    pub trait View {
-        fn write_json(&self, out: &mut Vec<u8>, one_line: bool) -> io::Result<()>;
-    }
-
-    impl<T: Serialize> View for T {
-        fn write_json(&self, out: &mut Vec<u8>, one_line: bool) -> io::Result<()> {
-            super::render::write_json(out, self, one_line)
+impl Emit {
+    /// Writes `view` as JSON, or as the blocks `table` makes of it (built only when needed).
+    fn write<V: Serialize>(
+        &self,
+        out: &mut Vec<u8>,
+        view: &V,
+        table: impl FnOnce(&V) -> Vec<Block>,
+    ) -> io::Result<()> {
+        if self.json {
+            render::write_json(out, view, self.watching)
+        } else {
+            render::write_blocks(out, &table(view), self.colour)
         }
     }
 }
