@@ -47,8 +47,10 @@ pub enum Command {
     ///
     /// Example: sluice probe --dataplane auto
     Probe(ProbeArgs),
-    /// Show what the live datapath holds, read from its pinned maps (works whether or not
-    /// `sluice run` is up; needs the privileges to read BPF maps).
+    /// Show what the live datapath holds, read from its pinned maps.
+    ///
+    /// Works whether or not `sluice run` is up; needs the privileges to read BPF maps. Every
+    /// JSON field is described in docs/cli.md.
     ///
     /// Example: sluice inspect services --output json
     Inspect(InspectArgs),
@@ -171,7 +173,7 @@ pub enum InspectCommand {
         /// Only this Service (NAMESPACE/NAME).
         service: Option<ServiceRef>,
     },
-    /// Datapath counters, drops by reason, traffic per frontend and per backend, map fill.
+    /// Datapath counters, drops by reason, traffic per Service, frontend and backend, map fill.
     ///
     /// Example: sluice inspect stats --watch=1s
     Stats,
