@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use clap::{CommandFactory as _, Parser as _};
 use proxy_common::{
     Backend, CtKey, CtValue, FrontendMeta, PROTO_TCP, PROTO_UDP, ServiceKey, ServiceValue, SlotKey,
-    TrafficCounters, ct_dir, ct_flags, frontend_kind, map_names, scope, service_flags,
+    TrafficCounters, algorithm, ct_dir, ct_flags, frontend_kind, map_names, scope, service_flags,
 };
 use serde_json::{Value, json};
 
@@ -112,7 +112,14 @@ fn contents() -> Contents {
         flags: service_flags::PRESENT | flags,
         affinity_timeout: 0,
     };
-    c.services.insert(web_key(), svc(7, 2, 1, 0));
+    c.services.insert(
+        web_key(),
+        ServiceValue {
+            algorithm: algorithm::ROUND_ROBIN,
+            affinity_timeout: 10_800,
+            ..svc(7, 2, 1, 0)
+        },
+    );
     c.services
         .insert(node_port_key(), svc(8, 0, 0, service_flags::SPLIT_SCOPES));
     c.services.insert(
@@ -258,7 +265,7 @@ fn services_json_has_the_documented_fields() {
             "scope": "any",
             "service_id": 7,
             "bank": 1,
-            "algorithm": "random",
+            "algorithm": "round-robin",
             "affinity_timeout_seconds": 10800,
             "backend_count": 2,
             "flags": [],

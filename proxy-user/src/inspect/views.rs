@@ -144,6 +144,10 @@ fn kind_name(kind: u8) -> &'static str {
 fn algorithm_name(a: u8) -> String {
     match a {
         algorithm::RANDOM => "random".into(),
+        algorithm::ROUND_ROBIN => "round-robin".into(),
+        algorithm::SOURCE_HASH => "source-hash".into(),
+        // Asked for, but served at random until the datapath has Maglev tables.
+        algorithm::MAGLEV => "maglev".into(),
         // A newer datapath's algorithm: show its number rather than guess.
         other => format!("algorithm-{other}"),
     }
@@ -250,7 +254,9 @@ impl Frontend {
             service_id: value.id,
             bank: value.bank,
             algorithm: algorithm_name(value.algorithm),
-            affinity_timeout_seconds: meta.map_or(0, |m| m.affinity_timeout),
+            // The master entry's timeout is the one the datapath applies (a split marker has
+            // none: its scope entries do).
+            affinity_timeout_seconds: value.affinity_timeout,
             backend_count: value.count,
             flags: service_flag_names(value.flags),
         }
