@@ -166,12 +166,16 @@ pub enum InspectCommand {
     ///
     /// Example: sluice inspect conntrack --vip 10.96.0.10:80 --protocol tcp
     Conntrack(ConntrackArgs),
-    /// Session-affinity entries (the datapath has none yet: this says so and fails).
+    /// Clients remembered by `sessionAffinity: ClientIP`, the backend each goes to, and
+    /// whether the datapath still honours it.
     ///
-    /// Example: sluice inspect affinity default/web
+    /// Example: sluice inspect affinity default/web --client 10.0.1.2
     Affinity {
         /// Only this Service (NAMESPACE/NAME).
         service: Option<ServiceRef>,
+        /// Only this client address.
+        #[arg(long, value_name = "IP")]
+        client: Option<std::net::Ipv4Addr>,
     },
     /// Datapath counters, drops by reason, traffic per Service, frontend and backend, map fill.
     ///

@@ -19,6 +19,8 @@ use serde_json::Value;
 use sluice_testbed::{Topology, require_root};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+/// default/sticky: round robin with `sessionAffinity: ClientIP`, on the same backends.
+const STICKY_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
 const TIMEOUT: Duration = Duration::from_secs(3);
 const REQUESTS: usize = 20;
 
@@ -99,6 +101,10 @@ fn one_line_error(out: &Output, what: &str) -> String {
     stderr
 }
 
+fn services_now(pin: &Path) -> Value {
+    json(pin, &["services"])
+}
+
 fn str_of<'a>(v: &'a Value, field: &str) -> &'a str {
     v[field]
         .as_str()
@@ -138,7 +144,19 @@ fn serve_web(test: &str, backends: usize) -> (Topology, Scratch, Sluice, Vec<Soc
 
 #[test]
 fn inspect_shows_a_live_service_its_backends_flows_and_counters() {
-    let (topo, _scratch, sluice, backends) = serve_web("cliinspect", 2);
+    let (topo, scratch, sluice, backends) = serve_web("cliinspect", 2);
+    let endpoints: Vec<_> = topo.backends().iter().map(v4).collect();
+    scratch.write_manifest(
+        "sticky.yaml",
+        &service_yaml("sticky", STICKY_VIP, &[tcp("http", 80, 8080)], &endpoints).replacen(
+            "  namespace: default\nspec:\n",
+            "  namespace: default\n  annotations: {sluice.dev/scheduler: rr}\nspec:\n  \
+             sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: \
+             600}}\n",
+            1,
+        ),
+    );
+    sluice.wait_for_backends(SocketAddrV4::new(STICKY_VIP, 80), PROTO_TCP, &backends);
     let _servers: Vec<_> = topo
         .backends()
         .iter()
@@ -146,6 +164,16 @@ fn inspect_shows_a_live_service_its_backends_flows_and_counters() {
         .collect();
     let replies = topo.client().tcp_requests(sock(VIP, 80), REQUESTS, TIMEOUT);
     assert!(replies.iter().all(Result::is_ok), "{replies:?}");
+    let sticky = topo.client().tcp_requests(sock(STICKY_VIP, 80), 5, TIMEOUT);
+    let sticky_servers: BTreeSet<String> = sticky
+        .iter()
+        .map(|r| r.as_ref().expect("request to sticky").server().to_string())
+        .collect();
+    assert_eq!(
+        sticky_servers.len(),
+        1,
+        "affinity keeps the client on one backend"
+    );
     let pin = sluice.pin.as_path();
     let backend_set: BTreeSet<String> = backends.iter().map(ToString::to_string).collect();
 
@@ -259,13 +287,20 @@ fn inspect_shows_a_live_service_its_backends_flows_and_counters() {
     }
     assert_eq!(u64_of(&ct["counts"]["by_protocol"], "TCP"), matched);
     let first = backends[0].to_string();
-    let to_first = json(pin, &["conntrack", "--backend", &first]);
+    let to_first = json(
+        pin,
+        &["conntrack", "--vip", "10.96.0.10", "--backend", &first],
+    );
     assert!(
         array(&to_first, "flows")
             .iter()
             .all(|f| str_of(f, "backend_address") == backends[0].ip().to_string())
     );
-    let to_second = json(pin, &["conntrack", "--backend", &backends[1].to_string()]);
+    let second = backends[1].to_string();
+    let to_second = json(
+        pin,
+        &["conntrack", "--vip", "10.96.0.10", "--backend", &second],
+    );
     assert_eq!(
         u64_of(&to_first["counts"], "matched") + u64_of(&to_second["counts"], "matched"),
         matched
@@ -328,7 +363,7 @@ fn inspect_shows_a_live_service_its_backends_flows_and_counters() {
             .clone()
     };
     let svc = map("SLUICE_SVC4");
-    assert_eq!(u64_of(&svc, "entries"), 1);
+    assert_eq!(u64_of(&svc, "entries"), 2, "web and sticky");
     assert!(u64_of(&svc, "capacity") >= 1);
     let conntrack = map("SLUICE_CT4");
     assert_eq!(
@@ -349,14 +384,46 @@ fn inspect_shows_a_live_service_its_backends_flows_and_counters() {
         "{text}"
     );
 
-    // Subcommands the datapath has no maps for yet say so, in one line.
+    // affinity: the client remembered for sticky, and sticky's settings in services.
+    let sticky_fe = array(&services_now(pin), "frontends")
+        .iter()
+        .find(|f| f["name"] == "sticky")
+        .cloned()
+        .expect("sticky is listed");
+    assert_eq!(str_of(&sticky_fe, "algorithm"), "round-robin");
+    assert_eq!(u64_of(&sticky_fe, "affinity_timeout_seconds"), 600);
+    let affinity = json(pin, &["affinity", "default/sticky"]);
+    let entries = array(&affinity, "entries");
+    assert_eq!(entries.len(), 1, "{affinity}");
+    let entry = &entries[0];
+    assert_eq!(
+        str_of(entry, "client_address"),
+        topo.client().ip().to_string()
+    );
+    assert_eq!(str_of(entry, "frontend_address"), STICKY_VIP.to_string());
+    assert_eq!(str_of(entry, "state"), "active");
+    assert_eq!(u64_of(entry, "timeout_seconds"), 600);
+    assert!(backend_set.contains(&format!(
+        "{}:{}",
+        str_of(entry, "backend_address"),
+        u64_of(entry, "backend_port")
+    )));
+    assert_eq!(u64_of(&affinity["counts"], "matched"), 1);
+    let none = json(pin, &["affinity", "default/web"]);
+    assert!(array(&none, "entries").is_empty(), "web has no affinity");
+    let text = table(pin, &["affinity", "--client", "10.0.1.2"]);
+    assert!(
+        text.lines().any(|l| l.starts_with("10.0.1.2 ")
+            && l.contains("default/sticky")
+            && l.contains("active")
+            && l.contains("600s")),
+        "{text}"
+    );
+
+    // Maglev: the datapath has no tables yet, and says so in one line.
     let maglev = one_line_error(&inspect(pin, &["maglev", "default/web"]), "maglev");
     assert!(maglev.contains("no Maglev lookup tables yet"), "{maglev}");
-    let affinity = one_line_error(&inspect(pin, &["affinity"]), "affinity");
-    assert!(
-        affinity.contains("no session-affinity map yet"),
-        "{affinity}"
-    );
+    assert!(maglev.contains("algorithm: random"), "{maglev}");
     let unknown = one_line_error(&inspect(pin, &["service", "default/nope"]), "unknown");
     assert!(
         unknown.contains("default/nope has no frontend"),

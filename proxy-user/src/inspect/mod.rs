@@ -7,11 +7,6 @@
 //! Reading pins rather than asking `sluice run` means the commands work whether or not it is
 //! up, and show what the kernel really holds rather than what the controller believes.
 //!
-//! `sluice trace` (issue 6) will sit beside this once the datapath has a trace mode. Its
-//! intended shape: `sluice trace [--vip IP[:PORT]] [--client IP[:PORT]] [--protocol P]
-//! [--count N] [--output json]`, switching the trace mode on for matching packets only,
-//! printing one line (or JSON document) per packet decision — frontend, scope, slot and
-//! backend chosen or the drop reason — and switching it off again on exit.
 
 pub mod render;
 pub mod source;
@@ -27,6 +22,8 @@ use serde::Serialize;
 pub use views::{ConntrackFilter, EndpointFilter, ProtocolFilter, ServiceRef};
 
 use self::{render::Block, source::Parts};
+use proxy_common::map_names;
+
 use crate::{
     cli::{InspectArgs, InspectCommand, OutputFormat},
     dataplane::maps::PinnedMaps,
@@ -123,10 +120,7 @@ fn render_once(
             };
             let contents = source::read(&maps, pin, parts)?;
             let Some(view) = views::service(&contents, service) else {
-                bail!(
-                    "Service {service} has no frontend in the datapath (no such Service, no \
-                     usable address, or not synced yet): see `sluice inspect services`"
-                );
+                bail!("{}", no_frontend(service));
             };
             emit.write(out, &view, render::service)?;
         }
@@ -148,20 +142,50 @@ fn render_once(
             let view = views::stats(&contents);
             emit.write(out, &view, render::stats)?;
         }
+        InspectCommand::Affinity { service, client } => {
+            let parts = Parts {
+                affinity: true,
+                ..Parts::default()
+            };
+            let contents = source::read(&maps, pin, parts)?;
+            let Some(view) = views::affinity(&contents, service.as_ref(), *client) else {
+                bail!(
+                    "this datapath has no session-affinity map ({} is not pinned: the running \
+                     datapath predates session affinity)",
+                    map_names::AFFINITY
+                );
+            };
+            emit.write(out, &view, render::affinity)?;
+        }
         // The maps were opened first so that a missing pin or privilege is reported as for
         // every other subcommand; what follows is the datapath's own limit, not a failure to
         // read it.
-        InspectCommand::Maglev { service, .. } => bail!(
-            "the datapath has no Maglev lookup tables yet: every frontend, {service}'s \
-             included, selects backends at random (ALGORITHM in `sluice inspect service \
-             {service}`)"
-        ),
-        InspectCommand::Affinity { .. } => bail!(
-            "the datapath has no session-affinity map yet: sessionAffinity timeouts are \
-             recorded per frontend (AFFINITY in `sluice inspect services`) but not enforced"
-        ),
+        InspectCommand::Maglev { service, .. } => {
+            let contents = source::read(&maps, pin, Parts::default())?;
+            let Some(algorithms) = views::algorithms(&contents, service) else {
+                bail!("{}", no_frontend(service));
+            };
+            if algorithms.contains("maglev") {
+                bail!(
+                    "the datapath has no Maglev lookup tables yet: {service} asks for Maglev \
+                     and is served at random until they land"
+                );
+            }
+            bail!(
+                "the datapath has no Maglev lookup tables yet, and {service} does not use \
+                 Maglev (algorithm: {})",
+                algorithms.into_iter().collect::<Vec<_>>().join(", ")
+            );
+        }
     }
     Ok(())
+}
+
+fn no_frontend(service: &ServiceRef) -> String {
+    format!(
+        "Service {service} has no frontend in the datapath (no such Service, no usable \
+         address, or not synced yet): see `sluice inspect services`"
+    )
 }
 
 /// How a view is printed.

@@ -5,8 +5,8 @@ use std::io::{self, Write};
 use serde::Serialize;
 
 use super::views::{
-    BackendsView, ConntrackView, Frontend, ServiceView, ServicesView, StatsView, Traffic,
-    slot_state,
+    AffinityView, BackendsView, ConntrackView, Frontend, ServiceView, ServicesView, StatsView,
+    Traffic, affinity_state, slot_state,
 };
 
 /// How a cell is emphasised on a terminal.
@@ -174,7 +174,7 @@ fn dash_if_empty(items: &[String]) -> String {
     }
 }
 
-fn affinity(seconds: u32) -> String {
+fn affinity_text(seconds: u32) -> String {
     if seconds == 0 {
         "-".into()
     } else {
@@ -223,7 +223,7 @@ pub fn services(view: &ServicesView, namespace: Option<&str>) -> Vec<Block> {
             f.endpoint().into(),
             f.scope.into(),
             f.algorithm.as_str().into(),
-            affinity(f.affinity_timeout_seconds).into(),
+            affinity_text(f.affinity_timeout_seconds).into(),
             backend_count(f),
             dash_if_empty(&f.flags).into(),
         ]);
@@ -305,7 +305,7 @@ pub fn service(view: &ServiceView) -> Vec<Block> {
             u64::from(f.service_id).into(),
             u64::from(f.bank).into(),
             f.algorithm.as_str().into(),
-            affinity(f.affinity_timeout_seconds).into(),
+            affinity_text(f.affinity_timeout_seconds).into(),
             backend_count(f),
             dash_if_empty(&f.flags).into(),
         ]);
@@ -433,6 +433,62 @@ pub fn conntrack(view: &ConntrackView, summary: bool) -> Vec<Block> {
         if c.entries == 1 { "y" } else { "ies" },
     )));
     blocks
+}
+
+fn plural(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+pub fn affinity(view: &AffinityView) -> Vec<Block> {
+    let mut t = Table::new(
+        &[
+            "CLIENT", "SERVICE", "FRONTEND", "SCOPE", "BACKEND", "STATE", "IDLE", "TIMEOUT",
+        ],
+        &["IDLE", "TIMEOUT"],
+        "no remembered clients match",
+    );
+    for e in &view.entries {
+        let frontend = match (e.frontend_address, e.frontend_port, &e.protocol) {
+            (Some(a), Some(p), Some(proto)) => format!("{a}:{p}/{proto}"),
+            _ => format!("(gone, id {})", e.service_id),
+        };
+        let backend = match (e.backend_address, e.backend_port) {
+            (Some(a), Some(p)) => format!("{a}:{p}"),
+            _ => format!("(gone, id {})", e.backend_id),
+        };
+        let tone = match e.state {
+            affinity_state::ACTIVE => Tone::Good,
+            _ => Tone::Dim,
+        };
+        t.push(vec![
+            e.client_address.to_string().into(),
+            service_cell(e.service()),
+            frontend.into(),
+            e.scope.unwrap_or("-").into(),
+            backend.into(),
+            Cell::new(e.state, tone),
+            human_seconds(e.idle_seconds).into(),
+            e.timeout_seconds
+                .map_or_else(|| "-".to_string(), |t| format!("{t}s"))
+                .into(),
+        ]);
+    }
+    let c = &view.counts;
+    let states: Vec<String> = c.by_state.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    vec![
+        Block::Table(t),
+        Block::Line(String::new()),
+        Block::Line(format!(
+            "{} match{} of {} in SLUICE_AFFINITY4",
+            plural(c.matched, "entry", "entries"),
+            if states.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", states.join(", "))
+            },
+            c.entries
+        )),
+    ]
 }
 
 /// `12.5%`; fills of concern stand out on a terminal (writes fail at 100%).

@@ -3,10 +3,10 @@
 
 use std::{collections::BTreeMap, path::Path};
 
-use aya::maps::MapInfo;
+use aya::maps::{HashMap, Map, MapData, MapInfo, PerCpuHashMap};
 use proxy_common::{
-    Backend, CtKey, CtValue, DatapathConfig, FrontendMeta, ServiceKey, ServiceValue, SlotKey,
-    TrafficCounters, config_flags, default_lifetime, map_names,
+    AffinityKey, AffinityValue, Backend, CtKey, CtValue, DatapathConfig, FrontendMeta, ServiceKey,
+    ServiceValue, SlotKey, TrafficCounters, config_flags, default_lifetime, map_names,
 };
 
 use crate::{dataplane::maps::PinnedMaps, observe::metrics::DATAPATH_COUNTERS};
@@ -19,6 +19,8 @@ pub struct Contents {
     pub backends: BTreeMap<u32, Backend>,
     pub meta: BTreeMap<ServiceKey, FrontendMeta>,
     pub conntrack: Vec<(CtKey, CtValue)>,
+    /// `SLUICE_AFFINITY4`; `None` when it is not pinned (a datapath older than affinity).
+    pub affinity: Option<Vec<(AffinityKey, AffinityValue)>>,
     /// `SLUICE_STATS`, summed over CPUs, by counter name.
     pub counters: Vec<(&'static str, u64)>,
     pub frontend_traffic: BTreeMap<ServiceKey, TrafficCounters>,
@@ -45,6 +47,7 @@ pub struct MapFill {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Parts {
     pub conntrack: bool,
+    pub affinity: bool,
     pub fill: bool,
 }
 
@@ -86,6 +89,10 @@ pub fn read(maps: &PinnedMaps, pin_dir: &Path, parts: Parts) -> anyhow::Result<C
     if parts.conntrack {
         contents.conntrack = maps.conntrack_entries();
     }
+    if parts.affinity {
+        contents.affinity =
+            affinity_map(pin_dir)?.map(|map| map.iter().filter_map(Result::ok).collect());
+    }
     if parts.fill {
         contents.fill = fill(maps, pin_dir)?;
     }
@@ -99,6 +106,27 @@ fn monotonic_now_ns() -> anyhow::Result<u64> {
         + u64::try_from(now.tv_nsec()).unwrap_or(0))
 }
 
+/// Opens a map `PinnedMaps` does not hold; `None` when it is not pinned. Only called once
+/// `PinnedMaps::open` succeeded, so privileges and the pin directory are known good.
+fn open_extra(pin_dir: &Path, name: &str) -> anyhow::Result<Option<MapData>> {
+    let path = pin_dir.join(name);
+    if !path.exists() {
+        return Ok(None);
+    }
+    MapData::from_pin(&path)
+        .map(Some)
+        .map_err(|e| anyhow::anyhow!("opening pinned map {}: {e}", path.display()))
+}
+
+fn affinity_map(
+    pin_dir: &Path,
+) -> anyhow::Result<Option<HashMap<MapData, AffinityKey, AffinityValue>>> {
+    open_extra(pin_dir, map_names::AFFINITY)?
+        .map(|data| HashMap::try_from(Map::LruHashMap(data)))
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("reading {}: {e}", map_names::AFFINITY))
+}
+
 /// Entries and capacity of every map. Capacities come from the kernel's map info, since a
 /// pinned map keeps the size it was created with whatever the configuration says now.
 fn fill(maps: &PinnedMaps, pin_dir: &Path) -> anyhow::Result<Vec<MapFill>> {
@@ -106,7 +134,12 @@ fn fill(maps: &PinnedMaps, pin_dir: &Path) -> anyhow::Result<Vec<MapFill>> {
     fn count<T, E>(keys: impl Iterator<Item = Result<T, E>>) -> Option<u64> {
         Some(keys.filter(Result::is_ok).count() as u64)
     }
-    let rows: [(&'static str, &'static str, Option<u64>); 12] = [
+    let round_robin = open_extra(pin_dir, ROUND_ROBIN)?
+        .map(|data| PerCpuHashMap::<_, u32, u32>::try_from(Map::PerCpuHashMap(data)))
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("reading {ROUND_ROBIN}: {e}"))?;
+    let affinity = affinity_map(pin_dir)?;
+    let mut rows: Vec<(&'static str, &'static str, Option<u64>)> = vec![
         (SERVICES, "hash", count(maps.services.keys())),
         (SLOTS, "hash", count(maps.slots.keys())),
         (BACKENDS, "hash", count(maps.backends.keys())),
@@ -128,6 +161,13 @@ fn fill(maps: &PinnedMaps, pin_dir: &Path) -> anyhow::Result<Vec<MapFill>> {
             count(maps.backend_stats.keys()),
         ),
     ];
+    // Maps of newer datapaths, listed when pinned.
+    if let Some(map) = &affinity {
+        rows.push((AFFINITY, "lru_hash", count(map.keys())));
+    }
+    if let Some(map) = &round_robin {
+        rows.push((ROUND_ROBIN, "percpu_hash", count(map.keys())));
+    }
     rows.into_iter()
         .map(|(map, kind, entries)| {
             let info = MapInfo::from_pin(pin_dir.join(map))

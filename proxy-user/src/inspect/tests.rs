@@ -4,19 +4,25 @@ use std::net::Ipv4Addr;
 
 use clap::{CommandFactory as _, Parser as _};
 use proxy_common::{
-    Backend, CtKey, CtValue, FrontendMeta, PROTO_TCP, PROTO_UDP, ServiceKey, ServiceValue, SlotKey,
-    TrafficCounters, algorithm, ct_dir, ct_flags, frontend_kind, map_names, scope, service_flags,
+    AffinityKey, AffinityValue, Backend, CtKey, CtValue, FrontendMeta, PROTO_TCP, PROTO_UDP,
+    ServiceKey, ServiceValue, SlotKey, TrafficCounters, algorithm, ct_dir, ct_flags, frontend_kind,
+    map_names, scope, service_flags,
 };
 use serde_json::{Value, json};
 
 use super::{
     render::{self, Block},
     source::{Contents, MapFill, builtin_lifetimes},
-    views::{self, ConntrackFilter, EndpointFilter, ProtocolFilter, ServiceRef, slot_state},
+    views::{
+        self, ConntrackFilter, EndpointFilter, ProtocolFilter, ServiceRef, affinity_state,
+        slot_state,
+    },
 };
 use crate::cli::{Cli, Command, InspectCommand, OutputFormat};
 
 const S: u64 = 1_000_000_000;
+/// CLOCK_MONOTONIC when the hand-made maps are "read".
+const NOW: u64 = 100_000 * S;
 
 fn be(a: [u8; 4]) -> u32 {
     u32::from_ne_bytes(a)
@@ -87,7 +93,7 @@ fn flow(
             flags,
             backend_id,
             service_id,
-            last_seen_ns: 1_000 * S - age_s * S,
+            last_seen_ns: NOW - age_s * S,
             rev_addr: 0,
             rev_port: 0,
             _pad: 0,
@@ -101,7 +107,7 @@ fn flow(
 fn contents() -> Contents {
     let mut c = Contents {
         lifetimes: builtin_lifetimes(),
-        now_ns: 1_000 * S,
+        now_ns: NOW,
         ..Contents::default()
     };
     let svc = |id, count, bank, flags| ServiceValue {
@@ -488,6 +494,119 @@ fn stats_report_drops_traffic_and_map_fill() {
         json["counters"][0],
         json!({"counter": "packets_seen", "packets": 100})
     );
+}
+
+fn remembered(
+    client: u8,
+    service_id: u32,
+    backend_id: u32,
+    age_s: u64,
+) -> (AffinityKey, AffinityValue) {
+    (
+        AffinityKey {
+            client: be([10, 0, 1, client]),
+            service_id,
+        },
+        AffinityValue {
+            backend_id,
+            _pad: 0,
+            last_used_ns: NOW - age_s * S,
+        },
+    )
+}
+
+#[test]
+fn affinity_entries_get_the_state_the_datapath_would_give_them() {
+    let mut c = contents();
+    assert!(
+        views::affinity(&c, None, None).is_none(),
+        "no map, no view: the caller says the datapath has none"
+    );
+    // web (id 7) has a 10800s timeout; dns (id 10) has no affinity; id 99 is gone.
+    c.affinity = Some(vec![
+        remembered(2, 7, 1, 100),
+        remembered(3, 7, 1, 20_000),
+        remembered(4, 7, 42, 1),
+        remembered(5, 10, 2, 1),
+        remembered(6, 99, 2, 1),
+    ]);
+    let view = views::affinity(&c, None, None).unwrap();
+    let rows: Vec<_> = view
+        .entries
+        .iter()
+        .map(|e| {
+            (
+                e.client_address.octets()[3],
+                e.service(),
+                e.state,
+                e.timeout_seconds,
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            (6, "-".to_string(), affinity_state::UNUSED, None),
+            (
+                2,
+                "default/web".into(),
+                affinity_state::ACTIVE,
+                Some(10_800)
+            ),
+            (
+                3,
+                "default/web".into(),
+                affinity_state::EXPIRED,
+                Some(10_800)
+            ),
+            (
+                4,
+                "default/web".into(),
+                affinity_state::BACKEND_GONE,
+                Some(10_800)
+            ),
+            (5, "kube-system/dns".into(), affinity_state::UNUSED, Some(0)),
+        ]
+    );
+    let active = &view.entries[1];
+    assert_eq!(
+        (
+            active.backend_address,
+            active.backend_port,
+            active.idle_seconds
+        ),
+        (Some(Ipv4Addr::new(10, 0, 10, 2)), Some(8080), 100.0)
+    );
+    assert_eq!(view.counts.entries, 5);
+    assert_eq!(view.counts.by_state[affinity_state::UNUSED], 2);
+
+    let web: ServiceRef = "default/web".parse().unwrap();
+    let only = views::affinity(&c, Some(&web), Some(Ipv4Addr::new(10, 0, 1, 3))).unwrap();
+    assert_eq!(
+        (
+            only.counts.entries,
+            only.counts.matched,
+            only.entries[0].state
+        ),
+        (5, 1, affinity_state::EXPIRED)
+    );
+    let text = plain(&render::affinity(&view));
+    assert!(text.contains("(gone, id 99)"), "{text}");
+    assert!(
+        text.contains("5 entries match (active 1, backend-gone 1, expired 1, unused 2) of 5"),
+        "{text}"
+    );
+}
+
+#[test]
+fn algorithms_of_a_service_for_inspect_maglev() {
+    let c = contents();
+    let web = views::algorithms(&c, &"default/web".parse().unwrap()).unwrap();
+    assert_eq!(
+        web.into_iter().collect::<Vec<_>>(),
+        ["random", "round-robin"]
+    );
+    assert!(views::algorithms(&c, &"default/nope".parse().unwrap()).is_none());
 }
 
 fn plain(blocks: &[Block]) -> String {

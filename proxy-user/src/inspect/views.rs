@@ -9,9 +9,9 @@ use std::{
 };
 
 use proxy_common::{
-    Backend, CtKey, CtValue, DatapathConfig, FrontendMeta, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
-    ServiceKey, ServiceValue, SlotKey, TrafficCounters, algorithm, ct_dir, ct_flags, frontend_kind,
-    scope, service_flags,
+    AffinityKey, AffinityValue, Backend, CtKey, CtValue, DatapathConfig, FrontendMeta, PROTO_SCTP,
+    PROTO_TCP, PROTO_UDP, ServiceKey, ServiceValue, SlotKey, TrafficCounters, algorithm, ct_dir,
+    ct_flags, frontend_kind, scope, service_flags,
 };
 use serde::Serialize;
 
@@ -691,6 +691,168 @@ fn flow_row(key: &CtKey, value: &CtValue, meta: Option<&FrontendMeta>, c: &Conte
         namespace,
         name,
     }
+}
+
+/// The state of a session-affinity entry, as the datapath would treat the client's next new
+/// flow.
+pub mod affinity_state {
+    /// Within the timeout and its backend exists: the next new flow goes to that backend.
+    pub const ACTIVE: &str = "active";
+    /// Past the timeout: the next new flow is selected afresh (and remembered again).
+    pub const EXPIRED: &str = "expired";
+    /// The remembered backend no longer exists: selected afresh.
+    pub const BACKEND_GONE: &str = "backend-gone";
+    /// Its frontend entry is gone or no longer has affinity: never used again (the LRU map
+    /// evicts it in time).
+    pub const UNUSED: &str = "unused";
+}
+
+/// One client remembered by `sessionAffinity: ClientIP`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AffinityRow {
+    pub client_address: Ipv4Addr,
+    /// The Service of the frontend entry; `None` when the entry is gone or has no metadata.
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+    /// The frontend entry (`service_id`); `None` when it is gone.
+    pub frontend_address: Option<Ipv4Addr>,
+    pub frontend_port: Option<u16>,
+    pub protocol: Option<String>,
+    pub scope: Option<&'static str>,
+    pub service_id: u32,
+    pub backend_id: u32,
+    /// `None` when the backend is gone.
+    pub backend_address: Option<Ipv4Addr>,
+    pub backend_port: Option<u16>,
+    /// The entry's `timeoutSeconds`; `None` when the frontend entry is gone, 0 when it no
+    /// longer has affinity.
+    pub timeout_seconds: Option<u32>,
+    /// Seconds since the client's last new flow, from which the timeout counts.
+    pub idle_seconds: f64,
+    pub state: &'static str,
+}
+
+impl AffinityRow {
+    pub fn service(&self) -> String {
+        service_label(&self.namespace, &self.name)
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct AffinityCounts {
+    /// Entries in `SLUICE_AFFINITY4`.
+    pub entries: u64,
+    /// Entries that pass the filters.
+    pub matched: u64,
+    /// Matched entries per state.
+    pub by_state: BTreeMap<&'static str, u64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct AffinityView {
+    pub counts: AffinityCounts,
+    pub entries: Vec<AffinityRow>,
+}
+
+/// `inspect affinity`: remembered clients, optionally of one Service or client; `None` when
+/// the datapath has no affinity map.
+pub fn affinity(
+    c: &Contents,
+    service: Option<&ServiceRef>,
+    client: Option<Ipv4Addr>,
+) -> Option<AffinityView> {
+    let entries = c.affinity.as_ref()?;
+    let by_id: BTreeMap<u32, (&ServiceKey, &ServiceValue)> =
+        c.services.iter().map(|(k, v)| (v.id, (k, v))).collect();
+    let mut counts = AffinityCounts {
+        entries: entries.len() as u64,
+        ..AffinityCounts::default()
+    };
+    let mut rows: Vec<AffinityRow> = entries
+        .iter()
+        .filter(|(k, _)| client.is_none_or(|want| ip(k.client) == want))
+        .map(|(k, v)| affinity_row(k, v, by_id.get(&k.service_id).copied(), c))
+        .filter(|row| {
+            service.is_none_or(|s| {
+                row.namespace.as_deref() == Some(s.namespace.as_str())
+                    && row.name.as_deref() == Some(s.name.as_str())
+            })
+        })
+        .collect();
+    for row in &rows {
+        counts.matched += 1;
+        *counts.by_state.entry(row.state).or_default() += 1;
+    }
+    rows.sort_by(|a, b| {
+        (
+            &a.namespace,
+            &a.name,
+            a.frontend_address,
+            a.frontend_port,
+            a.client_address,
+        )
+            .cmp(&(
+                &b.namespace,
+                &b.name,
+                b.frontend_address,
+                b.frontend_port,
+                b.client_address,
+            ))
+    });
+    Some(AffinityView {
+        counts,
+        entries: rows,
+    })
+}
+
+fn affinity_row(
+    key: &AffinityKey,
+    value: &AffinityValue,
+    frontend: Option<(&ServiceKey, &ServiceValue)>,
+    c: &Contents,
+) -> AffinityRow {
+    let idle_ns = c.now_ns.saturating_sub(value.last_used_ns);
+    let backend = c.backends.get(&value.backend_id);
+    let timeout = frontend.map(|(_, v)| v.affinity_timeout);
+    // In the order the datapath checks them (proxy-ebpf's select.rs).
+    let state = match timeout {
+        None | Some(0) => affinity_state::UNUSED,
+        Some(t) if idle_ns > u64::from(t) * 1_000_000_000 => affinity_state::EXPIRED,
+        Some(_) if backend.is_none() => affinity_state::BACKEND_GONE,
+        Some(_) => affinity_state::ACTIVE,
+    };
+    let (namespace, name) = owner(frontend.and_then(|(k, _)| c.meta.get(k)));
+    AffinityRow {
+        client_address: ip(key.client),
+        namespace,
+        name,
+        frontend_address: frontend.map(|(k, _)| ip(k.addr)),
+        frontend_port: frontend.map(|(k, _)| u16::from_be(k.port)),
+        protocol: frontend.map(|(k, _)| protocol_name(k.proto)),
+        scope: frontend.map(|(k, _)| scope_name(k.scope)),
+        service_id: key.service_id,
+        backend_id: value.backend_id,
+        backend_address: backend.map(|b| ip(b.addr)),
+        backend_port: backend.map(|b| u16::from_be(b.port)),
+        timeout_seconds: timeout,
+        idle_seconds: (idle_ns / 1_000_000) as f64 / 1000.0,
+        state,
+    }
+}
+
+/// The algorithms of a Service's frontend entries (`None`: it has none), for `inspect maglev`.
+pub fn algorithms(c: &Contents, which: &ServiceRef) -> Option<BTreeSet<String>> {
+    let names: BTreeSet<String> = c
+        .services
+        .iter()
+        .filter(|(k, _)| {
+            c.meta.get(k).is_some_and(|m| {
+                text(&m.namespace) == which.namespace && text(&m.name) == which.name
+            })
+        })
+        .map(|(_, v)| algorithm_name(v.algorithm))
+        .collect();
+    (!names.is_empty()).then_some(names)
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
