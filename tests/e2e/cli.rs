@@ -333,6 +333,8 @@ fn inspect_shows_a_live_service_its_backends_flows_and_counters() {
     };
     assert!(counter("dnat_new_flow") >= REQUESTS as u64);
     assert!(counter("reverse_nat") > 0);
+    // sticky's first flow chose a backend; the four after it followed the client's affinity.
+    assert!(counter("affinity_hit") >= 4, "{stats}");
     let reasons: BTreeSet<&str> = array(&stats, "drops")
         .iter()
         .map(|d| str_of(d, "reason"))
