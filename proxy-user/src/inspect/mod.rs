@@ -6,7 +6,6 @@
 //!
 //! Reading pins rather than asking `sluice run` means the commands work whether or not it is
 //! up, and show what the kernel really holds rather than what the controller believes.
-//!
 
 pub mod render;
 pub mod source;
@@ -18,12 +17,11 @@ use std::{
 };
 
 use anyhow::bail;
+use proxy_common::map_names;
 use serde::Serialize;
 pub use views::{ConntrackFilter, EndpointFilter, ProtocolFilter, ServiceRef};
 
 use self::{render::Block, source::Parts};
-use proxy_common::map_names;
-
 use crate::{
     cli::{InspectArgs, InspectCommand, OutputFormat},
     dataplane::maps::PinnedMaps,
@@ -41,6 +39,10 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<()> {
         render_once(args, &mut out, colour, false)?;
         return write_out(&out);
     };
+    if interval.is_zero() {
+        // It would re-read every map in a busy loop.
+        bail!("--watch needs an interval above zero, e.g. --watch=500ms");
+    }
     let mut first = true;
     loop {
         let mut out = Vec::new();

@@ -756,3 +756,24 @@ fn every_subcommand_has_an_example() {
     walk(&Cli::command(), "sluice", &mut missing);
     assert!(missing.is_empty(), "no example in --help of: {missing:?}");
 }
+
+#[test]
+fn a_zero_watch_interval_is_refused_before_touching_the_maps() {
+    let cli = Cli::try_parse_from([
+        "sluice",
+        "inspect",
+        "services",
+        "--watch=0s",
+        "--pin-path",
+        "/nonexistent",
+    ])
+    .unwrap();
+    let Command::Inspect(args) = cli.command else {
+        panic!("not inspect")
+    };
+    let err = super::run(&args).unwrap_err().to_string();
+    assert!(
+        err.contains("--watch needs an interval above zero"),
+        "{err}"
+    );
+}
