@@ -1,29 +1,31 @@
-//! The sync loop: waits for input changes, coalesces them, computes the desired state and
-//! applies what changed; periodically re-reads the kernel's maps to repair drift.
+//! The sync loop: waits for input changes, coalesces them, recomputes the Services they
+//! touch and writes the frontends that changed; periodically re-reads the kernel's maps and
+//! reconsiders everything to repair drift.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     time::{Duration, Instant},
 };
 
+use k8s_openapi::api::core::v1::Node;
 use tracing::{error, info, warn};
 
-use proxy_common::map_names;
+use proxy_common::{ServiceKey, map_names};
 
 use crate::{
     config::MapSizes,
     dataplane::{
-        layout::{Unserved, desired_maps},
+        layout::{DesiredMaps, FrontendEntry, Unserved, service_entries},
         maps::PinnedMaps,
         plan::{self, SyncReport},
         snapshot::Snapshot,
     },
-    model::{DesiredState, NodeContext},
+    model::{FrontendKey, HealthCheck, Model, NodeContext, ServiceName, Skipped},
     observe::{
         DATAPATH_COUNTERS, Metrics, Observer,
         service_health::{HealthChecks, ServiceCheck},
     },
-    source::InputsRx,
+    source::{Changes, FeedRx},
 };
 
 #[derive(Clone, Copy, Debug)]
@@ -43,22 +45,29 @@ impl Default for SyncSettings {
     }
 }
 
-/// Drives the maps towards the inputs until `inputs` closes.
+/// Drives the maps towards the inputs until the source goes away.
 pub struct Controller {
     maps: PinnedMaps,
     mirror: Snapshot,
+    /// The configured node; a Node object from the source refines it.
     node: NodeContext,
     settings: SyncSettings,
     observer: Observer,
     capacities: MapSizes,
-    last_skipped: BTreeSet<String>,
-    last_unserved: BTreeSet<String>,
+    model: Model,
+    /// Map contents of every frontend, and which keys each Service's frontends own.
+    desired: DesiredMaps,
+    keys_of: HashMap<ServiceName, Vec<ServiceKey>>,
+    /// What each Service was last reported for, so each report is made once.
+    skipped_of: HashMap<ServiceName, Vec<String>>,
+    unserved_of: HashMap<ServiceName, Vec<String>>,
+    health_of: BTreeMap<ServiceName, HealthCheck>,
     /// healthCheckNodePort answers, published for the listeners after each sync.
     health_checks: tokio::sync::watch::Sender<HealthChecks>,
-    /// The inputs of the last sync, to count what changed since.
-    last_inputs: std::sync::Arc<crate::source::Inputs>,
-    /// Last-change trigger time per EndpointSlice already reported as programmed.
-    programmed: BTreeMap<(String, String), String>,
+    /// Trigger times of EndpointSlice changes applied but not yet programmed.
+    programmed_pending: Vec<Box<str>>,
+    /// The first sync also collects whatever an earlier run left that is no longer wanted.
+    synced_once: bool,
 }
 
 impl Controller {
@@ -77,15 +86,19 @@ impl Controller {
         Self {
             maps,
             mirror,
+            model: Model::new(node.clone()),
             node,
             settings,
             observer,
             capacities,
-            last_skipped: BTreeSet::new(),
-            last_unserved: BTreeSet::new(),
-            last_inputs: Default::default(),
+            desired: DesiredMaps::new(),
+            keys_of: HashMap::new(),
+            skipped_of: HashMap::new(),
+            unserved_of: HashMap::new(),
+            health_of: BTreeMap::new(),
             health_checks: tokio::sync::watch::channel(HealthChecks::default()).0,
-            programmed: BTreeMap::new(),
+            programmed_pending: Vec::new(),
+            synced_once: false,
         }
     }
 
@@ -94,7 +107,7 @@ impl Controller {
         self.health_checks.subscribe()
     }
 
-    fn node_context(&self, node: Option<&k8s_openapi::api::core::v1::Node>) -> NodeContext {
+    fn node_context(&self, node: Option<&Node>) -> NodeContext {
         match node {
             Some(node) => NodeContext {
                 node_port_addresses: self.node.node_port_addresses.clone(),
@@ -105,7 +118,7 @@ impl Controller {
         }
     }
 
-    pub async fn run(mut self, mut inputs: InputsRx) {
+    pub async fn run(mut self, mut inputs: FeedRx) {
         // Nothing is written before the source has delivered its first complete view:
         // syncing an empty view would wipe the datapath on every restart.
         if inputs.changed().await.is_err() {
@@ -129,8 +142,10 @@ impl Controller {
                         return;
                     }
                     self.observer.queued();
-                    let (services, slices) = inputs.borrow().changes_since(&self.last_inputs);
-                    self.observer.metrics.set_pending_changes(services, slices);
+                    let (services, slices) = inputs.feed().pending();
+                    self.observer
+                        .metrics
+                        .set_pending_changes(services as u64, slices as u64);
                     pending = true;
                 }
                 _ = tokio::time::sleep_until(next_full.into()) => {
@@ -142,30 +157,17 @@ impl Controller {
         }
     }
 
-    /// One sync. `full` re-reads the kernel's maps first, so entries changed or deleted behind
-    /// Sluice's back are put right.
-    pub fn sync_once(&mut self, inputs: &mut InputsRx, full: bool) -> SyncReport {
+    /// One sync: applies the changes the source recorded since the last one and writes the
+    /// frontends they changed. `full` re-reads the kernel's maps first and reconsiders every
+    /// frontend and entry, so entries changed or deleted behind Sluice's back are put right.
+    pub fn sync_once(&mut self, inputs: &mut FeedRx, full: bool) -> SyncReport {
         let started = Instant::now();
-        // Marks the value seen: a change that arrived while waiting out minSyncPeriod is applied
-        // now and must not wake the loop for a second, identical sync.
-        let snapshot = inputs.borrow_and_update().clone();
-        let (services_changed, slices_changed) = snapshot.changes_since(&self.last_inputs);
+        let (services_changed, slices_changed) = self.apply(inputs.take());
         self.observer
             .metrics
             .record_changes(services_changed, slices_changed);
         self.observer.metrics.set_pending_changes(0, 0);
-        self.last_inputs = snapshot.clone();
-        if let Some(node) = &snapshot.node {
-            self.observer
-                .health
-                .set_node_eligible(crate::model::node_eligible(node));
-        }
-        let node = self.node_context(snapshot.node.as_ref());
-        let state = DesiredState::build(&snapshot.services, &snapshot.slices, &node);
-        self.report_skipped(&state);
-        self.publish_health_checks(&state);
-        let (desired, unserved) = desired_maps(&state);
-        self.report_unserved(&unserved);
+        let changed_keys = self.update_desired();
         if full {
             let actual = self.maps.snapshot();
             if actual != self.mirror {
@@ -173,19 +175,26 @@ impl Controller {
             }
             self.mirror = actual;
         }
-        let report = plan::sync(&mut self.maps, &mut self.mirror, &desired);
+        let report = if full || !self.synced_once {
+            plan::sync(&mut self.maps, &mut self.mirror, &self.desired)
+        } else {
+            plan::sync_changed(&mut self.maps, &mut self.mirror, &self.desired, &changed_keys)
+        };
+        self.synced_once = true;
         for (key, err) in &report.failed {
             error!(frontend = ?key, error = %err, "frontend not updated; its previous entry keeps serving");
             self.observer.metrics.record_store_error(err);
         }
-        self.report_metrics(desired.len(), &report, full, started.elapsed());
+        self.report_metrics(self.desired.len(), &report, full, started.elapsed());
         if report.failed.is_empty() {
-            self.report_programmed(&snapshot.slices);
+            for trigger in self.programmed_pending.drain(..) {
+                self.observer.network_programmed_annotation(Some(&trigger));
+            }
         }
         let level_info = report.writes + report.deletes > 0;
         if level_info {
             info!(
-                frontends = desired.len(),
+                frontends = self.desired.len(),
                 writes = report.writes,
                 deletes = report.deletes,
                 failed = report.failed.len(),
@@ -197,23 +206,120 @@ impl Controller {
         report
     }
 
-    fn report_skipped(&mut self, state: &DesiredState) {
-        let now: BTreeSet<String> = state.skipped.iter().map(ToString::to_string).collect();
-        for skipped in &state.skipped {
-            let line = skipped.to_string();
-            if !self.last_skipped.contains(&line) {
+    /// Applies a source's changes to the model; returns how many Services and EndpointSlices
+    /// really changed (added, changed or removed), for kube-proxy's change counters.
+    fn apply(&mut self, changes: Changes) -> (u64, u64) {
+        let Changes {
+            services,
+            slices,
+            node,
+        } = changes;
+        let mut services_changed = 0;
+        for (name, service) in services {
+            let changed = match service {
+                Some(service) => self.model.upsert_service(service),
+                None => self.model.delete_service(&name),
+            };
+            services_changed += u64::from(changed);
+        }
+        let mut slices_changed = 0;
+        for (name, slice) in slices {
+            let changed = match slice {
+                Some(slice) => {
+                    let old_trigger = self
+                        .model
+                        .slice(&name)
+                        .and_then(|s| s.trigger_time.clone());
+                    // Network programming latency is observed once per slice change.
+                    if let Some(trigger) = &slice.trigger_time
+                        && old_trigger.as_ref() != Some(trigger)
+                    {
+                        self.programmed_pending.push(trigger.clone());
+                    }
+                    self.model.upsert_slice(name, slice)
+                }
+                None => self.model.delete_slice(&name),
+            };
+            slices_changed += u64::from(changed);
+        }
+        if let Some(node) = node {
+            if let Some(node) = &node {
+                self.observer
+                    .health
+                    .set_node_eligible(crate::model::node_eligible(node));
+            }
+            let context = self.node_context(node.as_deref());
+            self.model.set_node(context);
+        }
+        (services_changed, slices_changed)
+    }
+
+    /// Brings the desired map contents up to date with the model; returns the keys whose
+    /// contents changed (added, changed or removed).
+    fn update_desired(&mut self) -> BTreeSet<ServiceKey> {
+        let affected = self.model.settle();
+        let mut old: HashMap<ServiceKey, FrontendEntry> = HashMap::new();
+        let mut new: Vec<(ServiceKey, FrontendEntry)> = Vec::new();
+        let mut health_changed = false;
+        // Old keys are all removed before new ones go in: a key can pass from one Service to
+        // another within one settle.
+        for name in &affected {
+            for key in self.keys_of.remove(name).unwrap_or_default() {
+                if let Some(entry) = self.desired.remove(&key) {
+                    old.insert(key, entry);
+                }
+            }
+            let view = self.model.service(name);
+            let (entries, unserved) =
+                service_entries(view.and_then(|v| v.frontends()).into_iter().flatten());
+            let skipped = view.map(|v| v.skipped()).unwrap_or_default();
+            let check = view.and_then(|v| v.health_check());
+            if !entries.is_empty() {
+                self.keys_of
+                    .insert(name.clone(), entries.iter().map(|(k, _)| *k).collect());
+            }
+            new.extend(entries);
+            self.report_unserved(name, &unserved);
+            self.report_skipped(name, skipped);
+            let previous = match check {
+                Some(check) => self.health_of.insert(name.clone(), check),
+                None => self.health_of.remove(name),
+            };
+            health_changed |= previous != check;
+        }
+        let mut changed = BTreeSet::new();
+        for (key, entry) in new {
+            if old.remove(&key).as_ref() != Some(&entry) {
+                changed.insert(key);
+            }
+            self.desired.insert(key, entry);
+        }
+        changed.extend(old.into_keys());
+        if health_changed {
+            self.publish_health_checks();
+        }
+        changed
+    }
+
+    fn report_skipped(&mut self, name: &ServiceName, skipped: Vec<Skipped>) {
+        let before = self.skipped_of.remove(name).unwrap_or_default();
+        let now: Vec<String> = skipped.iter().map(ToString::to_string).collect();
+        for (skipped, line) in skipped.iter().zip(&now) {
+            if !before.contains(line) {
                 error!("{line}; other Services are unaffected");
                 self.observer
                     .metrics
                     .record_skipped(skipped.reason.as_str());
             }
         }
-        self.last_skipped = now;
+        if !now.is_empty() {
+            self.skipped_of.insert(name.clone(), now);
+        }
     }
 
-    fn publish_health_checks(&self, state: &DesiredState) {
-        let checks: BTreeMap<u16, ServiceCheck> = state
-            .health_checks
+    fn publish_health_checks(&self) {
+        let checks: BTreeMap<u16, ServiceCheck> = self
+            .health_of
             .iter()
             .map(|(service, check)| {
                 (
@@ -237,8 +343,9 @@ impl Controller {
 
     /// Warns once per frontend the datapath cannot serve as the Service asks, so an operator
     /// relying on externalTrafficPolicy: Local or IPv6 hears of it at the default log level.
-    fn report_unserved(&mut self, unserved: &[(crate::model::FrontendKey, Unserved)]) {
-        let now: BTreeSet<String> = unserved
+    fn report_unserved(&mut self, name: &ServiceName, unserved: &[(FrontendKey, Unserved)]) {
+        let before = self.unserved_of.remove(name).unwrap_or_default();
+        let now: Vec<String> = unserved
             .iter()
             .map(|(key, why)| match why {
                 Unserved::Ipv6 => {
@@ -250,35 +357,12 @@ impl Controller {
                 ),
             })
             .collect();
-        for line in now.difference(&self.last_unserved) {
+        for line in now.iter().filter(|l| !before.contains(l)) {
             warn!("{line}");
         }
-        self.last_unserved = now;
-    }
-
-    /// Observes network programming latency once per EndpointSlice change: a slice whose
-    /// trigger time is unchanged since the last sync was already counted.
-    fn report_programmed(&mut self, slices: &[k8s_openapi::api::discovery::v1::EndpointSlice]) {
-        let mut now = BTreeMap::new();
-        for slice in slices {
-            let Some(trigger) = slice
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(crate::observe::LAST_CHANGE_TRIGGER_TIME))
-            else {
-                continue;
-            };
-            let key = (
-                slice.metadata.namespace.clone().unwrap_or_default(),
-                slice.metadata.name.clone().unwrap_or_default(),
-            );
-            if self.programmed.get(&key) != Some(trigger) {
-                self.observer.network_programmed_annotation(Some(trigger));
-            }
-            now.insert(key, trigger.clone());
+        if !now.is_empty() {
+            self.unserved_of.insert(name.clone(), now);
         }
-        self.programmed = now;
     }
 
     fn report_metrics(&self, frontends: usize, report: &SyncReport, full: bool, took: Duration) {

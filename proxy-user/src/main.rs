@@ -9,7 +9,7 @@ use sluice::{
     dataplane::{loader, maps::PinnedMaps},
     model::NodeContext,
     observe::{self, Observer, Servers},
-    source::{Inputs, kube, manifests},
+    source::{Feed, kube, manifests},
 };
 use tracing::{info, warn};
 
@@ -109,13 +109,14 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             let _ = stop.wait_for(|s| *s).await;
         }));
 
-        let (tx, rx) = tokio::sync::watch::channel(Arc::new(Inputs::default()));
+        let feed = Feed::new();
+        let rx = feed.subscribe();
         let source = match config.manifests_dir.clone() {
             Some(dir) => {
                 info!(dir = %dir.display(), "serving Services from a manifests folder");
                 let metrics = observer.metrics.clone();
                 tokio::spawn(async move {
-                    manifests::watch(dir, args.poll_interval, tx, move |problems| {
+                    manifests::watch(dir, args.poll_interval, feed, move |problems| {
                         for _ in 0..problems {
                             metrics.record_skipped("malformed_manifest");
                         }
@@ -128,7 +129,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 let client =
                     kube::client_from(config.client_connection.kubeconfig.as_deref()).await?;
                 info!(node = %node_name, "watching the Kubernetes API");
-                tokio::spawn(kube::run(client, node_name, tx))
+                tokio::spawn(kube::run(client, node_name, feed))
             }
         };
         tokio::spawn(controller::mirror_datapath_counters(

@@ -4,7 +4,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use proxy_common::{Backend, ServiceKey, algorithm};
 
-use crate::model::{DesiredState, FrontendKey, Scope};
+use crate::model::{DesiredState, Frontend, FrontendKey, Scope};
 
 /// What one frontend should look like in the maps, before ids are assigned.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,8 +31,24 @@ pub enum Unserved {
 /// (yet) serve, so the caller can report them.
 pub fn desired_maps(state: &DesiredState) -> (DesiredMaps, Vec<(FrontendKey, Unserved)>) {
     let mut maps = DesiredMaps::new();
+    let mut unserved = Vec::new();
+    for frontends in state.services.values() {
+        let (entries, cannot) = service_entries(frontends);
+        maps.extend(entries);
+        unserved.extend(cannot);
+    }
+    (maps, unserved)
+}
+
+/// The map entries of one Service's frontends, and those of its frontends the datapath
+/// cannot serve. A Service's entries depend on nothing but its own frontends, so one
+/// Service's change is laid out on its own.
+pub fn service_entries<'a>(
+    frontends: impl IntoIterator<Item = &'a Frontend>,
+) -> (Vec<(ServiceKey, FrontendEntry)>, Vec<(FrontendKey, Unserved)>) {
+    let mut entries = Vec::new();
     let mut unsupported = Vec::new();
-    for frontend in state.frontends() {
+    for frontend in frontends {
         if frontend.key.scope == Scope::External {
             unsupported.push((frontend.key, Unserved::ExternalScope));
             continue;
@@ -59,15 +75,15 @@ pub fn desired_maps(state: &DesiredState) -> (DesiredMaps, Vec<(FrontendKey, Uns
                 IpAddr::V6(_) => None,
             })
             .collect();
-        maps.insert(
+        entries.push((
             key,
             FrontendEntry {
                 backends,
                 algorithm: algorithm::RANDOM,
             },
-        );
+        ));
     }
-    (maps, unsupported)
+    (entries, unsupported)
 }
 
 #[cfg(test)]

@@ -86,12 +86,11 @@ impl PinnedMaps {
     /// Reads the service, slot and backend maps. Entries that vanish while being read are
     /// skipped: a snapshot is a best-effort image that the next reconcile corrects.
     pub fn snapshot(&self) -> Snapshot {
-        Snapshot {
-            services: self.services.iter().filter_map(Result::ok).collect(),
-            slots: self.slots.iter().filter_map(Result::ok).collect(),
-            backends: self.backends.iter().filter_map(Result::ok).collect(),
-            limits: None,
-        }
+        Snapshot::new(
+            self.services.iter().filter_map(Result::ok).collect(),
+            self.slots.iter().filter_map(Result::ok).collect(),
+            self.backends.iter().filter_map(Result::ok).collect(),
+        )
     }
 
     /// Conntrack entries (for inspection and tests).

@@ -7,12 +7,19 @@
 //!    A group that fails (a full map) is rolled back whole; the old entry keeps serving.
 //! 2. Then garbage, computed from what is now live: master entries of removed frontends
 //!    first, then slots no live bank uses, then backends no live slot uses.
+//!
+//! A full sync plans every frontend and scans every entry for garbage; an incremental one
+//! plans only the frontends that changed and collects only what they left behind, using the
+//! indexes the [`Snapshot`] keeps.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use proxy_common::{Backend, ServiceKey, ServiceValue, SlotKey, service_flags};
 
-use super::{layout::DesiredMaps, snapshot::Snapshot};
+use super::{
+    layout::{DesiredMaps, FrontendEntry},
+    snapshot::Snapshot,
+};
 
 /// One map write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,7 +61,14 @@ pub struct Group {
 
 /// Plans the groups for every frontend in `desired` that differs from `current`.
 pub fn plan_updates(current: &Snapshot, desired: &DesiredMaps) -> Vec<Group> {
-    let mut ids = IdAllocator::new(current);
+    plan_groups(current, desired.iter(), &mut IdAllocator::new(current))
+}
+
+fn plan_groups<'a>(
+    current: &Snapshot,
+    desired: impl Iterator<Item = (&'a ServiceKey, &'a FrontendEntry)>,
+    ids: &mut IdAllocator,
+) -> Vec<Group> {
     let mut groups = Vec::new();
     for (key, entry) in desired {
         let backend_ids: Vec<u32> = entry.backends.iter().map(|b| ids.backend(b)).collect();
@@ -98,6 +112,45 @@ pub fn plan_updates(current: &Snapshot, desired: &DesiredMaps) -> Vec<Group> {
         }
     }
     groups
+}
+
+/// Plans the deletions that `current` needs once the frontends in `changed` are as desired:
+/// the master entries and slots they no longer use, then the backends no slot uses any more.
+pub fn plan_garbage_of(
+    current: &Snapshot,
+    desired: &DesiredMaps,
+    changed: &BTreeSet<ServiceKey>,
+) -> Vec<Op> {
+    let mut ops = Vec::new();
+    let mut stale_slots = Vec::new();
+    for key in changed {
+        let Some(value) = current.services.get(key) else {
+            continue;
+        };
+        let wanted = desired.contains_key(key);
+        if !wanted {
+            ops.push(Op::DeleteService(*key));
+        }
+        stale_slots.extend(
+            current
+                .slots_of(value.id)
+                .filter(|(k, _)| !wanted || k.bank != value.bank || k.slot >= value.count),
+        );
+    }
+    let mut dropped: HashMap<u32, u32> = HashMap::new();
+    for (key, backend_id) in stale_slots {
+        ops.push(Op::DeleteSlot(*key));
+        *dropped.entry(*backend_id).or_default() += 1;
+    }
+    let refs = |id: &u32| current.index.slot_refs.get(id).copied().unwrap_or(0);
+    let mut orphans: BTreeSet<u32> = dropped
+        .iter()
+        .filter(|(id, n)| refs(id) == **n && current.backends.contains_key(id))
+        .map(|(id, _)| *id)
+        .collect();
+    orphans.extend(current.index.orphans.iter().copied());
+    ops.extend(orphans.into_iter().map(Op::DeleteBackend));
+    ops
 }
 
 /// Plans the deletions that `current` needs once every frontend in it is as desired: entries
@@ -146,9 +199,52 @@ pub struct SyncReport {
 
 /// Brings `store` (and `mirror`, its in-memory image) to `desired`, group by group, then
 /// collects garbage. A failed group is rolled back and reported; the others proceed.
+/// Considers every frontend and every entry, so it also repairs entries changed behind
+/// Sluice's back once `mirror` is re-read from the kernel.
 pub fn sync(store: &mut impl MapStore, mirror: &mut Snapshot, desired: &DesiredMaps) -> SyncReport {
+    mirror.reindex();
+    let mut ids = IdAllocator::new(mirror);
+    let groups = plan_groups(mirror, desired.iter(), &mut ids);
+    (mirror.index.next_backend, mirror.index.next_service) = ids.cursors();
+    let mut report = apply_groups(store, mirror, groups);
+    // Frontends whose update failed keep their old (still complete) entries, and a new one
+    // that failed left nothing behind, so the desired keys are exactly what is live.
+    for op in plan_garbage(mirror, desired) {
+        if store.apply(&op).is_ok() {
+            mirror.apply(&op).expect("the mirror has no limits");
+            report.deletes += 1;
+        }
+    }
+    report
+}
+
+/// [`sync`] for the frontends in `changed` only, which may be in `desired` or not (removed):
+/// O(changed frontends and their entries), however many frontends there are.
+pub fn sync_changed(
+    store: &mut impl MapStore,
+    mirror: &mut Snapshot,
+    desired: &DesiredMaps,
+    changed: &BTreeSet<ServiceKey>,
+) -> SyncReport {
+    let mut ids = IdAllocator::new(mirror);
+    let wanted = changed
+        .iter()
+        .filter_map(|key| desired.get_key_value(key));
+    let groups = plan_groups(mirror, wanted, &mut ids);
+    (mirror.index.next_backend, mirror.index.next_service) = ids.cursors();
+    let mut report = apply_groups(store, mirror, groups);
+    for op in plan_garbage_of(mirror, desired, changed) {
+        if store.apply(&op).is_ok() {
+            mirror.apply(&op).expect("the mirror has no limits");
+            report.deletes += 1;
+        }
+    }
+    report
+}
+
+fn apply_groups(store: &mut impl MapStore, mirror: &mut Snapshot, groups: Vec<Group>) -> SyncReport {
     let mut report = SyncReport::default();
-    for group in plan_updates(mirror, desired) {
+    for group in groups {
         let mut undo: Vec<Op> = Vec::new();
         let mut failure = None;
         for op in &group.ops {
@@ -183,19 +279,6 @@ pub fn sync(store: &mut impl MapStore, mirror: &mut Snapshot, desired: &DesiredM
             report.failed.push((group.key, error));
         }
     }
-    // Frontends whose update failed keep their old (still complete) entries.
-    let mut keep = desired.clone();
-    for (key, _) in &report.failed {
-        if !mirror.services.contains_key(key) {
-            keep.remove(key);
-        }
-    }
-    for op in plan_garbage(mirror, &keep) {
-        if store.apply(&op).is_ok() {
-            mirror.apply(&op).expect("the mirror has no limits");
-            report.deletes += 1;
-        }
-    }
     report
 }
 
@@ -218,55 +301,68 @@ fn inverse(mirror: &Snapshot, op: &Op) -> Op {
 }
 
 /// Hands out ids not in use, reusing a backend's id when the same backend already exists.
-struct IdAllocator {
-    backend_ids: BTreeMap<Backend, u32>,
-    used_backend_ids: BTreeSet<u32>,
-    used_service_ids: BTreeSet<u32>,
+/// Ids handed out in one plan are not in the snapshot yet, so they are remembered here.
+struct IdAllocator<'a> {
+    current: &'a Snapshot,
+    new_backends: HashMap<Backend, u32>,
+    taken_backends: HashSet<u32>,
+    taken_services: HashSet<u32>,
     next_backend: u32,
     next_service: u32,
 }
 
-impl IdAllocator {
-    fn new(current: &Snapshot) -> Self {
+impl<'a> IdAllocator<'a> {
+    fn new(current: &'a Snapshot) -> Self {
         Self {
-            backend_ids: current.backends.iter().map(|(id, b)| (*b, *id)).collect(),
-            used_backend_ids: current.backends.keys().copied().collect(),
-            // Ids with leftover slots stay reserved until garbage collection removes them,
-            // so a new frontend never inherits another's slots.
-            used_service_ids: current
-                .services
-                .values()
-                .map(|v| v.id)
-                .chain(current.slots.keys().map(|k| k.service_id))
-                .collect(),
-            next_backend: 1,
-            next_service: 1,
+            current,
+            new_backends: HashMap::new(),
+            taken_backends: HashSet::new(),
+            taken_services: HashSet::new(),
+            next_backend: current.index.next_backend,
+            next_service: current.index.next_service,
         }
     }
 
     fn backend(&mut self, backend: &Backend) -> u32 {
-        if let Some(&id) = self.backend_ids.get(backend) {
+        if let Some(&id) = self
+            .current
+            .index
+            .backend_ids
+            .get(backend)
+            .or_else(|| self.new_backends.get(backend))
+        {
             return id;
         }
-        let id = next_free(&self.used_backend_ids, &mut self.next_backend);
-        self.used_backend_ids.insert(id);
-        self.backend_ids.insert(*backend, id);
+        let (current, taken) = (self.current, &self.taken_backends);
+        let id = next_free(&mut self.next_backend, |id| {
+            current.backends.contains_key(&id) || taken.contains(&id)
+        });
+        self.taken_backends.insert(id);
+        self.new_backends.insert(*backend, id);
         id
     }
 
     fn service(&mut self) -> u32 {
-        let id = next_free(&self.used_service_ids, &mut self.next_service);
-        self.used_service_ids.insert(id);
+        let (current, taken) = (self.current, &self.taken_services);
+        let id = next_free(&mut self.next_service, |id| {
+            current.index.service_id_uses.contains_key(&id) || taken.contains(&id)
+        });
+        self.taken_services.insert(id);
         id
+    }
+
+    /// Where the next plan's searches start.
+    fn cursors(&self) -> (u32, u32) {
+        (self.next_backend, self.next_service)
     }
 }
 
-/// The smallest id ≥ `*next` (0 is never used) not in `used`.
-fn next_free(used: &BTreeSet<u32>, next: &mut u32) -> u32 {
+/// The first id from `*next` on (0 is never used, and the search wraps) that is not `used`.
+fn next_free(next: &mut u32, used: impl Fn(u32) -> bool) -> u32 {
     loop {
         let candidate = (*next).max(1);
         *next = candidate.wrapping_add(1);
-        if !used.contains(&candidate) {
+        if !used(candidate) {
             return candidate;
         }
     }
