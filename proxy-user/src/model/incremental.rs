@@ -75,6 +75,13 @@ impl Model {
         self.slices.get(name)
     }
 
+    pub fn service_names(&self) -> impl Iterator<Item = &ServiceName> {
+        self.services
+            .iter()
+            .filter(|(_, e)| e.input.is_some())
+            .map(|(name, _)| name)
+    }
+
     pub fn service_count(&self) -> usize {
         self.services.values().filter(|e| e.input.is_some()).count()
     }

@@ -2,6 +2,7 @@
 //! `tests/`.
 
 mod endpoints;
+mod incremental;
 mod node;
 mod policy;
 mod props;
