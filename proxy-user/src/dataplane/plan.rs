@@ -203,10 +203,7 @@ pub struct SyncReport {
 /// Sluice's back once `mirror` is re-read from the kernel.
 pub fn sync(store: &mut impl MapStore, mirror: &mut Snapshot, desired: &DesiredMaps) -> SyncReport {
     mirror.reindex();
-    let mut ids = IdAllocator::new(mirror);
-    let groups = plan_groups(mirror, desired.iter(), &mut ids);
-    (mirror.index.next_backend, mirror.index.next_service) = ids.cursors();
-    let mut report = apply_groups(store, mirror, groups);
+    let mut report = plan_and_apply(store, mirror, desired.iter());
     // Frontends whose update failed keep their old (still complete) entries, and a new one
     // that failed left nothing behind, so the desired keys are exactly what is live.
     for op in plan_garbage(mirror, desired) {
@@ -226,18 +223,36 @@ pub fn sync_changed(
     desired: &DesiredMaps,
     changed: &BTreeSet<ServiceKey>,
 ) -> SyncReport {
-    let mut ids = IdAllocator::new(mirror);
     let wanted = changed
         .iter()
         .filter_map(|key| desired.get_key_value(key));
-    let groups = plan_groups(mirror, wanted, &mut ids);
-    (mirror.index.next_backend, mirror.index.next_service) = ids.cursors();
-    let mut report = apply_groups(store, mirror, groups);
+    let mut report = plan_and_apply(store, mirror, wanted);
     for op in plan_garbage_of(mirror, desired, changed) {
         if store.apply(&op).is_ok() {
             mirror.apply(&op).expect("the mirror has no limits");
             report.deletes += 1;
         }
+    }
+    report
+}
+
+/// Plans and applies a chunk of frontends at a time, so that a cold sync of 100,000 never
+/// holds every frontend's writes in memory at once.
+fn plan_and_apply<'a>(
+    store: &mut impl MapStore,
+    mirror: &mut Snapshot,
+    desired: impl Iterator<Item = (&'a ServiceKey, &'a FrontendEntry)>,
+) -> SyncReport {
+    const CHUNK: usize = 1024;
+    let mut report = SyncReport::default();
+    let mut desired = desired.peekable();
+    while desired.peek().is_some() {
+        let mut ids = IdAllocator::new(mirror);
+        let groups = plan_groups(mirror, desired.by_ref().take(CHUNK), &mut ids);
+        (mirror.index.next_backend, mirror.index.next_service) = ids.cursors();
+        let done = apply_groups(store, mirror, groups);
+        report.writes += done.writes;
+        report.failed.extend(done.failed);
     }
     report
 }

@@ -87,12 +87,12 @@ pub(super) fn candidates(
                         ip,
                         port: target_port,
                     },
-                    local: node.is_local(ep.node_name.as_deref()),
+                    local: node.is_local(ep.placement.node_name.as_deref()),
                     ready,
                     serving,
                     terminating,
-                    zone_hints: ep.zone_hints.clone(),
-                    node_hints: ep.node_hints.clone(),
+                    zone_hints: ep.placement.zone_hints.clone(),
+                    node_hints: ep.placement.node_hints.clone(),
                 };
                 match merged.get_mut(&candidate.endpoint) {
                     Some(kept) if kept.preference() >= candidate.preference() => {}
@@ -186,7 +186,7 @@ pub(super) fn local_ready_addresses(
             }
             for ep in &slice.endpoints {
                 if let Some(ip) = address(ep, ipv6)
-                    && node.is_local(ep.node_name.as_deref())
+                    && node.is_local(ep.placement.node_name.as_deref())
                     && conditions(ep, publish_not_ready).0
                 {
                     ips.insert(ip);

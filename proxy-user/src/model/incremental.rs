@@ -41,9 +41,12 @@ pub struct Model {
     node: NodeContext,
     services: HashMap<ServiceName, Entry>,
     slices: HashMap<ServiceName, Arc<SliceInput>>,
-    /// Slices by the Service they name, whether or not that Service exists (yet).
-    slices_of: HashMap<ServiceName, BTreeSet<ServiceName>>,
-    claims: HashMap<Address, BTreeSet<Claim>>,
+    /// Slices by the Service they name, whether or not that Service exists (yet). Vecs
+    /// rather than sets: a Service has a few slices, and an address a few claimants, and at
+    /// 100,000 Services a B-tree node per entry would cost more than everything else.
+    slices_of: HashMap<ServiceName, Vec<ServiceName>>,
+    /// Sorted.
+    claims: HashMap<Address, Vec<Claim>>,
     dirty: HashSet<ServiceName>,
 }
 
@@ -123,7 +126,7 @@ impl Model {
             self.slices_of
                 .entry(owner.clone())
                 .or_default()
-                .insert(name.clone());
+                .push(name.clone());
             self.dirty.insert(owner.clone());
         }
         self.slices.insert(name, slice);
@@ -142,7 +145,7 @@ impl Model {
             return;
         };
         if let Some(names) = self.slices_of.get_mut(&owner) {
-            names.remove(name);
+            names.retain(|n| n != name);
             if names.is_empty() {
                 self.slices_of.remove(&owner);
             }
@@ -195,10 +198,11 @@ impl Model {
             }
             for (address, kind) in &new {
                 if old.get(address) != Some(kind) {
-                    self.claims
-                        .entry(*address)
-                        .or_default()
-                        .insert(claim(*kind, &name));
+                    let claims = self.claims.entry(*address).or_default();
+                    let claim = claim(*kind, &name);
+                    if let Err(at) = claims.binary_search(&claim) {
+                        claims.insert(at, claim);
+                    }
                 }
             }
             let entry = self.services.get_mut(&name).expect("looked up above");
@@ -245,7 +249,7 @@ impl Model {
 
     fn unclaim(&mut self, address: &Address, claim: &Claim) {
         if let Some(claims) = self.claims.get_mut(address) {
-            claims.remove(claim);
+            claims.retain(|c| c != claim);
             if claims.is_empty() {
                 self.claims.remove(address);
             }

@@ -22,7 +22,7 @@ mod translate;
 mod types;
 
 pub use incremental::{Model, ServiceView};
-pub use slice::{SliceEndpoint, SliceInput, SlicePort, slice_keys, slice_owner};
+pub use slice::{Placement, SliceEndpoint, SliceInput, SlicePort, slice_keys, slice_owner};
 
 pub use node::{NodeContext, TO_BE_DELETED_TAINT, ZONE_LABEL, node_eligible};
 pub use settings::{DEFAULT_AFFINITY_TIMEOUT, MAX_AFFINITY_TIMEOUT, SCHEDULER_ANNOTATION};

@@ -1,11 +1,12 @@
 //! EndpointSlices as the model keeps them: exactly the fields it reads, already parsed.
 //!
 //! At 100,000 Services × 10 endpoints the k8s-openapi structs cost several hundred bytes per
-//! endpoint even slimmed (every optional field is inline); this form costs about 70. Node and
-//! zone names repeat across endpoints and are interned.
+//! endpoint even slimmed (every optional field is inline); this form costs about 32. Node and
+//! zone names and hint sets repeat across endpoints and are interned.
 
 use std::{
     collections::{BTreeMap, HashSet},
+    hash::Hash,
     net::IpAddr,
     sync::{Arc, LazyLock, Mutex},
 };
@@ -45,6 +46,13 @@ pub struct SliceEndpoint {
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
+    pub placement: Arc<Placement>,
+}
+
+/// Where an endpoint runs and which topology hints it carries: one of few combinations in a
+/// cluster, so each is stored once and shared.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Placement {
     pub node_name: Option<Arc<str>>,
     /// Sorted, without duplicates.
     pub zone_hints: Box<[Arc<str>]>,
@@ -79,21 +87,23 @@ impl SliceInput {
                     ready: cond.and_then(|c| c.ready).unwrap_or(true),
                     serving: cond.and_then(|c| c.serving).unwrap_or(true),
                     terminating: cond.and_then(|c| c.terminating).unwrap_or(false),
-                    node_name: ep.node_name.as_deref().map(intern),
-                    zone_hints: names(
+                    placement: intern_placement(Placement {
+                        node_name: ep.node_name.as_deref().map(intern_name),
+                        zone_hints: names(
                         hints
                             .and_then(|h| h.for_zones.as_ref())
                             .into_iter()
                             .flatten()
                             .map(|z| z.name.as_str()),
                     ),
-                    node_hints: names(
-                        hints
-                            .and_then(|h| h.for_nodes.as_ref())
-                            .into_iter()
-                            .flatten()
-                            .map(|n| n.name.as_str()),
-                    ),
+                        node_hints: names(
+                            hints
+                                .and_then(|h| h.for_nodes.as_ref())
+                                .into_iter()
+                                .flatten()
+                                .map(|n| n.name.as_str()),
+                        ),
+                    }),
                 }
             })
             .collect();
@@ -154,21 +164,30 @@ pub fn slice_keys(slices: &[EndpointSlice]) -> Vec<(ServiceName, &EndpointSlice)
 }
 
 fn names<'a>(names: impl Iterator<Item = &'a str>) -> Box<[Arc<str>]> {
-    let mut out: Vec<Arc<str>> = names.map(intern).collect();
+    let mut out: Vec<Arc<str>> = names.map(intern_name).collect();
     out.sort();
     out.dedup();
     out.into_boxed_slice()
 }
 
-/// Node and zone names, shared by every endpoint that names them. Only as many as the
-/// cluster has nodes and zones, so they are never freed.
-fn intern(name: &str) -> Arc<str> {
-    static NAMES: LazyLock<Mutex<HashSet<Arc<str>>>> = LazyLock::new(Mutex::default);
-    let mut names = NAMES.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(known) = names.get(name) {
+/// Shares equal values (node and zone names, placements) between every endpoint that has
+/// them. There are only as many as the cluster has nodes, zones and hint combinations, so
+/// they are never freed.
+fn intern_in<T: Eq + Hash + ?Sized>(set: &Mutex<HashSet<Arc<T>>>, value: Arc<T>) -> Arc<T> {
+    let mut set = set.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(known) = set.get(&value) {
         return known.clone();
     }
-    let new: Arc<str> = name.into();
-    names.insert(new.clone());
-    new
+    set.insert(value.clone());
+    value
+}
+
+fn intern_name(name: &str) -> Arc<str> {
+    static NAMES: LazyLock<Mutex<HashSet<Arc<str>>>> = LazyLock::new(Mutex::default);
+    intern_in(&NAMES, name.into())
+}
+
+fn intern_placement(placement: Placement) -> Arc<Placement> {
+    static PLACEMENTS: LazyLock<Mutex<HashSet<Arc<Placement>>>> = LazyLock::new(Mutex::default);
+    intern_in(&PLACEMENTS, Arc::new(placement))
 }
