@@ -328,8 +328,8 @@ impl Controller {
                 (
                     check.port,
                     ServiceCheck {
-                        namespace: service.namespace.clone(),
-                        name: service.name.clone(),
+                        namespace: service.namespace.to_string(),
+                        name: service.name.to_string(),
                         local_endpoints: check.local_endpoints,
                     },
                 )

@@ -126,7 +126,7 @@ fn slice_addresses(inputs: &Inputs, name: &str) -> Vec<String> {
     inputs
         .slices
         .iter()
-        .filter(|(n, _)| n.name == name)
+        .filter(|(n, _)| &*n.name == name)
         .flat_map(|(_, s)| s.endpoints.iter().filter_map(|e| e.address))
         .map(|a| a.to_string())
         .collect()
@@ -576,7 +576,7 @@ async fn published_objects_carry_what_the_model_reads_and_the_node_is_slimmed() 
     let annotations = json!({
         "kubectl.kubernetes.io/last-applied-configuration": "{\"big\": true}",
         "service.kubernetes.io/topology-mode": "Auto",
-        "sluice.dev/scheduler": "maglev",
+        "sluice.dev/scheduler": "mh",
         "example.com/owner": "team-a",
     });
     let managed = json!([{"manager": "kubectl", "operation": "Apply", "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {}}}]);

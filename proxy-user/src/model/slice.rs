@@ -126,14 +126,10 @@ impl SliceInput {
 pub fn slice_owner(slice: &EndpointSlice) -> Option<ServiceName> {
     let labels = slice.metadata.labels.as_ref()?;
     let name = labels.get(SERVICE_NAME_LABEL)?;
-    Some(ServiceName {
-        namespace: slice
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into()),
-        name: name.clone(),
-    })
+    Some(ServiceName::new(
+        slice.metadata.namespace.as_deref().unwrap_or("default"),
+        name.as_str(),
+    ))
 }
 
 /// Keys for a list of slices that may repeat a namespace/name (a manifests folder can): the

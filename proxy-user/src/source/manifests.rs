@@ -382,7 +382,7 @@ mod tests {
             .contents()
             .services
             .keys()
-            .map(|s| s.name.clone())
+            .map(|s| s.name.to_string())
             .collect();
         assert_eq!(names, ["other", "web"], "web keeps its last good content");
         // The same bad content is reported once, not on every poll.
