@@ -94,8 +94,6 @@ fn main() -> anyhow::Result<()> {
         report.failed
     );
     let rss_after_cold = rss_mib();
-    unsafe { libc::malloc_trim(0) };
-    eprintln!("TRIMMED {}", rss_mib());
 
     // One endpoint of one Service changes.
     let changed = slice(n / 2, 1);

@@ -167,9 +167,7 @@ impl Controller {
             .metrics
             .record_changes(services_changed, slices_changed);
         self.observer.metrics.set_pending_changes(0, 0);
-        eprintln!("TIMING apply {:?}", started.elapsed());
         let changed_keys = self.update_desired();
-        eprintln!("TIMING desired {:?}", started.elapsed());
         if full {
             let actual = self.maps.snapshot();
             if actual != self.mirror {
@@ -183,7 +181,6 @@ impl Controller {
             plan::sync_changed(&mut self.maps, &mut self.mirror, &self.desired, &changed_keys)
         };
         self.synced_once = true;
-        eprintln!("TIMING plan {:?}", started.elapsed());
         for (key, err) in &report.failed {
             error!(frontend = ?key, error = %err, "frontend not updated; its previous entry keeps serving");
             self.observer.metrics.record_store_error(err);

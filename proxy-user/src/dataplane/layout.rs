@@ -62,7 +62,7 @@ pub fn service_entries<'a>(
             frontend.key.port.to_be(),
             proto,
         );
-        let backends = frontend
+        let mut backends: Vec<Backend> = frontend
             .endpoints
             .iter()
             .filter_map(|ep| match ep.ip {
@@ -75,6 +75,8 @@ pub fn service_entries<'a>(
                 IpAddr::V6(_) => None,
             })
             .collect();
+        // Kept as the desired contents until the frontend changes.
+        backends.shrink_to_fit();
         entries.push((
             key,
             FrontendEntry {

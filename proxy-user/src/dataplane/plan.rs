@@ -216,7 +216,8 @@ pub fn sync(store: &mut impl MapStore, mirror: &mut Snapshot, desired: &DesiredM
 }
 
 /// [`sync`] for the frontends in `changed` only, which may be in `desired` or not (removed):
-/// O(changed frontends and their entries), however many frontends there are.
+/// O(changed frontends and their entries), however many frontends there are. Relies on the
+/// indexes of `mirror`, which the first [`sync`] builds.
 pub fn sync_changed(
     store: &mut impl MapStore,
     mirror: &mut Snapshot,

@@ -59,28 +59,32 @@ pub struct Limits {
 }
 
 impl Snapshot {
+    /// Without indexes: a full sync builds them (see [`Snapshot::reindex`]), and other
+    /// readers only look at the maps.
     pub fn new(
         services: BTreeMap<ServiceKey, ServiceValue>,
         slots: BTreeMap<SlotKey, u32>,
         backends: BTreeMap<u32, Backend>,
     ) -> Self {
-        let mut snapshot = Self {
+        Self {
             services,
             slots,
             backends,
             ..Self::default()
-        };
-        snapshot.reindex();
-        snapshot
+        }
     }
 
     /// Rebuilds the indexes from the maps (O(entries)), keeping the allocation cursors.
     pub fn reindex(&mut self) {
+        // Dropped first: at a million backends two sets of indexes at once would be a
+        // peak of their own.
+        let old = std::mem::take(&mut self.index);
         let mut index = Index {
-            next_backend: self.index.next_backend,
-            next_service: self.index.next_service,
+            next_backend: old.next_backend,
+            next_service: old.next_service,
             ..Index::default()
         };
+        drop(old);
         for (id, backend) in &self.backends {
             index.backend_ids.entry(*backend).or_insert(*id);
         }

@@ -125,7 +125,7 @@ impl Model {
         if let Some(owner) = &slice.owner {
             self.slices_of
                 .entry(owner.clone())
-                .or_default()
+                .or_insert_with(|| Vec::with_capacity(1))
                 .push(name.clone());
             self.dirty.insert(owner.clone());
         }
@@ -198,7 +198,10 @@ impl Model {
             }
             for (address, kind) in &new {
                 if old.get(address) != Some(kind) {
-                    let claims = self.claims.entry(*address).or_default();
+                    let claims = self
+                        .claims
+                        .entry(*address)
+                        .or_insert_with(|| Vec::with_capacity(1));
                     let claim = claim(*kind, &name);
                     if let Err(at) = claims.binary_search(&claim) {
                         claims.insert(at, claim);

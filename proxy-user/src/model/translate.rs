@@ -170,6 +170,8 @@ fn translate(
         }
     }
     frontends.sort_by_key(|f| f.key);
+    // Kept for as long as the Service exists, usually with one or two frontends.
+    frontends.shrink_to_fit();
 
     let health_check = health_check_port.map(|port| HealthCheck {
         port,
@@ -365,6 +367,7 @@ fn parse_ports(spec: &ServiceSpec, serves_node_ports: bool) -> Result<Vec<PortSp
             node_port,
         });
     }
+    out.shrink_to_fit();
     Ok(out)
 }
 
