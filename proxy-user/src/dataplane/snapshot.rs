@@ -5,11 +5,12 @@
 //! use it as a fake map store. Every write through [`MapStore::apply`] also keeps the
 //! indexes that let a sync allocate ids and find garbage without scanning the maps.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeMap;
 
 use proxy_common::{Backend, ServiceKey, ServiceValue, SlotKey};
 
 use super::plan::{MapStore, Op, StoreError};
+use crate::fast::{HashMap, HashSet};
 
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
@@ -45,7 +46,7 @@ pub(super) struct Index {
     /// taken until they are collected, so a new frontend never inherits them.
     pub service_id_uses: HashMap<u32, u32>,
     /// Stored backends no slot points at: what garbage collection looks at.
-    pub orphans: BTreeSet<u32>,
+    pub orphans: HashSet<u32>,
     /// Where the next id search starts, so allocation does not rescan the ids in use.
     pub next_backend: u32,
     pub next_service: u32,

@@ -3,10 +3,12 @@
 //! changed, and address conflicts are settled per address rather than over all Services.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet},
     net::IpAddr,
     sync::Arc,
 };
+
+use crate::fast::{HashMap, HashSet};
 
 use super::{
     DesiredState, SkipReason, Skipped,

@@ -5,15 +5,15 @@
 pub mod kube;
 pub mod manifests;
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-};
+use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::core::v1::Node;
 use tokio::sync::watch;
 
-use crate::model::{ServiceInput, ServiceName, SliceInput};
+use crate::{
+    fast::HashMap,
+    model::{ServiceInput, ServiceName, SliceInput},
+};
 
 /// Changes not yet applied, the latest per object: `None` means deleted. An object changed
 /// and changed back still appears; the consumer compares with what it has.
