@@ -3,7 +3,7 @@
 //! reconsiders everything to repair drift.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet},
     time::{Duration, Instant},
 };
 
@@ -25,6 +25,7 @@ use crate::{
         DATAPATH_COUNTERS, Metrics, Observer,
         service_health::{HealthChecks, ServiceCheck},
     },
+    fast::HashMap,
     source::{Changes, FeedRx},
 };
 
@@ -92,9 +93,9 @@ impl Controller {
             observer,
             capacities,
             desired: DesiredMaps::new(),
-            keys_of: HashMap::new(),
-            skipped_of: HashMap::new(),
-            unserved_of: HashMap::new(),
+            keys_of: HashMap::default(),
+            skipped_of: HashMap::default(),
+            unserved_of: HashMap::default(),
             health_of: BTreeMap::new(),
             health_checks: tokio::sync::watch::channel(HealthChecks::default()).0,
             programmed_pending: Vec::new(),
@@ -258,7 +259,7 @@ impl Controller {
     /// contents changed (added, changed or removed).
     fn update_desired(&mut self) -> BTreeSet<ServiceKey> {
         let affected = self.model.settle();
-        let mut old: HashMap<ServiceKey, FrontendEntry> = HashMap::new();
+        let mut old: HashMap<ServiceKey, FrontendEntry> = HashMap::default();
         let mut new: Vec<(ServiceKey, FrontendEntry)> = Vec::new();
         let mut health_changed = false;
         // Old keys are all removed before new ones go in: a key can pass from one Service to

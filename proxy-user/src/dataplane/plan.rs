@@ -12,7 +12,7 @@
 //! plans only the frontends that changed and collects only what they left behind, using the
 //! indexes the [`Snapshot`] keeps.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::BTreeSet;
 
 use proxy_common::{Backend, ServiceKey, ServiceValue, SlotKey, service_flags};
 
@@ -20,6 +20,7 @@ use super::{
     layout::{DesiredMaps, FrontendEntry},
     snapshot::Snapshot,
 };
+use crate::fast::{HashMap, HashSet};
 
 /// One map write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,7 +138,7 @@ pub fn plan_garbage_of(
                 .filter(|(k, _)| !wanted || k.bank != value.bank || k.slot >= value.count),
         );
     }
-    let mut dropped: HashMap<u32, u32> = HashMap::new();
+    let mut dropped: HashMap<u32, u32> = HashMap::default();
     for (key, backend_id) in stale_slots {
         ops.push(Op::DeleteSlot(*key));
         *dropped.entry(*backend_id).or_default() += 1;
@@ -162,13 +163,14 @@ pub fn plan_garbage(current: &Snapshot, desired: &DesiredMaps) -> Vec<Op> {
         .filter(|k| !desired.contains_key(k))
         .map(|k| Op::DeleteService(*k))
         .collect();
-    let live: BTreeMap<u32, &ServiceValue> = current
+    let live: HashMap<u32, &ServiceValue> = current
         .services
         .iter()
         .filter(|(k, _)| desired.contains_key(k))
         .map(|(_, v)| (v.id, v))
         .collect();
-    let mut used_backends = BTreeSet::new();
+    let mut used_backends: HashSet<u32> = HashSet::default();
+    used_backends.reserve(current.backends.len());
     for (slot_key, backend_id) in &current.slots {
         let is_live = live
             .get(&slot_key.service_id)
@@ -331,9 +333,9 @@ impl<'a> IdAllocator<'a> {
     fn new(current: &'a Snapshot) -> Self {
         Self {
             current,
-            new_backends: HashMap::new(),
-            taken_backends: HashSet::new(),
-            taken_services: HashSet::new(),
+            new_backends: HashMap::default(),
+            taken_backends: HashSet::default(),
+            taken_services: HashSet::default(),
             next_backend: current.index.next_backend,
             next_service: current.index.next_service,
         }
