@@ -54,6 +54,19 @@ fn rss_mib() -> f64 {
     kib / 1024.0
 }
 
+/// CPU seconds this process has used (user, system): unlike wall time, not inflated when
+/// other work shares the machine.
+fn cpu_s() -> (f64, f64) {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is given.
+    let usage = unsafe {
+        libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
+        usage.assume_init()
+    };
+    let s = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    (s(usage.ru_utime), s(usage.ru_stime))
+}
+
 fn main() -> anyhow::Result<()> {
     let n: usize = std::env::args()
         .nth(1)
@@ -85,9 +98,11 @@ fn main() -> anyhow::Result<()> {
         MapSizes::default(),
     );
     let rss_before = rss_mib();
+    let cpu_before = cpu_s();
     let started = Instant::now();
     let report = controller.sync_once(&mut rx, false);
     let cold = started.elapsed();
+    let cpu_after = cpu_s();
     anyhow::ensure!(
         report.failed.is_empty(),
         "cold sync failed: {:?}",
@@ -127,6 +142,8 @@ fn main() -> anyhow::Result<()> {
             "services": n,
             "endpoints": n * ENDPOINTS,
             "cold_sync_s": cold.as_secs_f64(),
+            "cold_sync_user_s": cpu_after.0 - cpu_before.0,
+            "cold_sync_system_s": cpu_after.1 - cpu_before.1,
             "one_change_ms": one_change.as_secs_f64() * 1e3,
             "one_change_writes": one_change_writes,
             "full_sync_s": full.as_secs_f64(),

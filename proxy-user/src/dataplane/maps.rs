@@ -5,6 +5,7 @@
 
 use std::{
     io,
+    os::fd::{AsFd as _, OwnedFd},
     path::{Path, PathBuf},
 };
 
@@ -12,6 +13,7 @@ use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray};
 use proxy_common::{Backend, CtKey, CtValue, ServiceKey, ServiceValue, SlotKey, map_names, stat};
 
 use super::{
+    batch::{self, BatchError},
     plan::{MapStore, Op, StoreError},
     snapshot::Snapshot,
 };
@@ -41,6 +43,29 @@ pub struct PinnedMaps {
     pub backends: HashMap<MapData, u32, Backend>,
     pub conntrack: HashMap<MapData, CtKey, CtValue>,
     pub stats: PerCpuArray<MapData, u64>,
+    /// The service, slot and backend maps again, for batch writes.
+    batch: BatchFds,
+}
+
+struct BatchFds {
+    services: OwnedFd,
+    slots: OwnedFd,
+    backends: OwnedFd,
+    /// Set when the kernel refused a batch: from then on, one element per call.
+    unsupported: bool,
+}
+
+fn duplicate(map: &MapData, dir: &Path, name: &str) -> Result<OwnedFd, OpenError> {
+    map.fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| OpenError::Other {
+            path: dir.join(name),
+            source: MapError::SyscallError(aya::sys::SyscallError {
+                call: "dup",
+                io_error: e,
+            }),
+        })
 }
 
 fn open(dir: &Path, name: &str) -> Result<MapData, OpenError> {
@@ -70,16 +95,26 @@ fn other(dir: &Path, name: &str) -> impl Fn(MapError) -> OpenError {
 impl PinnedMaps {
     pub fn open(dir: &Path) -> Result<Self, OpenError> {
         use map_names::*;
+        let (services, slots, backends) = (
+            open(dir, SERVICES)?,
+            open(dir, SLOTS)?,
+            open(dir, BACKENDS)?,
+        );
+        let batch = BatchFds {
+            services: duplicate(&services, dir, SERVICES)?,
+            slots: duplicate(&slots, dir, SLOTS)?,
+            backends: duplicate(&backends, dir, BACKENDS)?,
+            unsupported: false,
+        };
         Ok(Self {
-            services: HashMap::try_from(Map::HashMap(open(dir, SERVICES)?))
-                .map_err(other(dir, SERVICES))?,
-            slots: HashMap::try_from(Map::HashMap(open(dir, SLOTS)?)).map_err(other(dir, SLOTS))?,
-            backends: HashMap::try_from(Map::HashMap(open(dir, BACKENDS)?))
-                .map_err(other(dir, BACKENDS))?,
+            services: HashMap::try_from(Map::HashMap(services)).map_err(other(dir, SERVICES))?,
+            slots: HashMap::try_from(Map::HashMap(slots)).map_err(other(dir, SLOTS))?,
+            backends: HashMap::try_from(Map::HashMap(backends)).map_err(other(dir, BACKENDS))?,
             conntrack: HashMap::try_from(Map::LruHashMap(open(dir, CONNTRACK)?))
                 .map_err(other(dir, CONNTRACK))?,
             stats: PerCpuArray::try_from(Map::PerCpuArray(open(dir, STATS)?))
                 .map_err(other(dir, STATS))?,
+            batch,
         })
     }
 
@@ -120,19 +155,90 @@ impl MapStore for PinnedMaps {
             Op::DeleteBackend(k) => (BACKENDS, "", ignore_missing(self.backends.remove(k))),
         };
         result.map_err(|e| match e {
-            // The kernel answers E2BIG when a hash map has no free element.
-            MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::E2BIG) => {
-                StoreError::Full { map, setting }
-            }
-            MapError::SyscallError(s) => StoreError::Kernel {
-                map,
-                source: s.io_error,
-            },
+            MapError::SyscallError(s) => store_error(map, setting, s.io_error),
             other => StoreError::Kernel {
                 map,
                 source: io::Error::other(other.to_string()),
             },
         })
+    }
+
+    /// Writes each run of puts to one map with one batch call, so a frontend's group costs
+    /// three calls (backends, slots, master entry) rather than one per entry; the order of
+    /// the writes, which the update protocol depends on, is unchanged.
+    fn apply_all(&mut self, ops: &[Op]) -> Result<(), (usize, StoreError)> {
+        let mut done = 0;
+        for run in ops.chunk_by(|a, b| std::mem::discriminant(a) == std::mem::discriminant(b)) {
+            self.apply_run(run).map_err(|(n, e)| (done + n, e))?;
+            done += run.len();
+        }
+        Ok(())
+    }
+}
+
+impl PinnedMaps {
+    /// `run`: writes of one kind.
+    fn apply_run(&mut self, run: &[Op]) -> Result<(), (usize, StoreError)> {
+        use map_names::*;
+        if run.len() > 1 && !self.batch.unsupported {
+            let result = match run[0] {
+                Op::PutBackend(..) => {
+                    let (keys, values): (Vec<u32>, Vec<Backend>) = run
+                        .iter()
+                        .filter_map(|op| match op {
+                            Op::PutBackend(k, v) => Some((*k, *v)),
+                            _ => None,
+                        })
+                        .unzip();
+                    let fd = self.batch.backends.as_fd();
+                    Some((BACKENDS, "maps.backends", batch::update(fd, &keys, &values)))
+                }
+                Op::PutSlot(..) => {
+                    let (keys, values): (Vec<SlotKey>, Vec<u32>) = run
+                        .iter()
+                        .filter_map(|op| match op {
+                            Op::PutSlot(k, v) => Some((*k, *v)),
+                            _ => None,
+                        })
+                        .unzip();
+                    let fd = self.batch.slots.as_fd();
+                    Some((SLOTS, "maps.slots", batch::update(fd, &keys, &values)))
+                }
+                Op::PutService(..) => {
+                    let (keys, values): (Vec<ServiceKey>, Vec<ServiceValue>) = run
+                        .iter()
+                        .filter_map(|op| match op {
+                            Op::PutService(k, v) => Some((*k, *v)),
+                            _ => None,
+                        })
+                        .unzip();
+                    let fd = self.batch.services.as_fd();
+                    Some((SERVICES, "maps.services", batch::update(fd, &keys, &values)))
+                }
+                Op::DeleteService(_) | Op::DeleteSlot(_) | Op::DeleteBackend(_) => None,
+            };
+            match result {
+                Some((_, _, Ok(()))) => return Ok(()),
+                Some((map, setting, Err(BatchError::Failed { written, error }))) => {
+                    return Err((written, store_error(map, setting, error)));
+                }
+                Some((_, _, Err(BatchError::Unsupported))) => self.batch.unsupported = true,
+                None => {}
+            }
+        }
+        for (done, op) in run.iter().enumerate() {
+            self.apply(op).map_err(|e| (done, e))?;
+        }
+        Ok(())
+    }
+}
+
+fn store_error(map: &'static str, setting: &'static str, error: io::Error) -> StoreError {
+    // The kernel answers E2BIG when a hash map has no free element.
+    if error.raw_os_error() == Some(libc::E2BIG) {
+        StoreError::Full { map, setting }
+    } else {
+        StoreError::Kernel { map, source: error }
     }
 }
 

@@ -51,6 +51,15 @@ pub enum StoreError {
 /// Something that executes map writes: the kernel's maps, or a [`Snapshot`] in tests.
 pub trait MapStore {
     fn apply(&mut self, op: &Op) -> Result<(), StoreError>;
+
+    /// Applies `ops` in order; on failure, returns how many were applied and the error.
+    /// Stores that can write several entries in one call override it.
+    fn apply_all(&mut self, ops: &[Op]) -> Result<(), (usize, StoreError)> {
+        for (done, op) in ops.iter().enumerate() {
+            self.apply(op).map_err(|e| (done, e))?;
+        }
+        Ok(())
+    }
 }
 
 /// The writes that move one frontend to its desired contents.
@@ -262,29 +271,28 @@ fn plan_and_apply<'a>(
 
 fn apply_groups(store: &mut impl MapStore, mirror: &mut Snapshot, groups: Vec<Group>) -> SyncReport {
     let mut report = SyncReport::default();
-    for group in groups {
-        let mut undo: Vec<Op> = Vec::new();
-        let mut failure = None;
-        for op in &group.ops {
-            // A backend another group already wrote in this sync needs no second write.
-            if let Op::PutBackend(id, b) = op
-                && mirror.backends.get(id) == Some(b)
-            {
-                continue;
-            }
-            let previous = inverse(mirror, op);
-            match store.apply(op) {
-                Ok(()) => {
-                    mirror.apply(op).expect("the mirror has no limits");
-                    undo.push(previous);
-                    report.writes += 1;
-                }
-                Err(e) => {
-                    failure = Some(e);
-                    break;
-                }
-            }
+    for mut group in groups {
+        // A backend another group already wrote in this sync needs no second write.
+        group
+            .ops
+            .retain(|op| !matches!(op, Op::PutBackend(id, b) if mirror.backends.get(id) == Some(b)));
+        let (done, failure) = match store.apply_all(&group.ops) {
+            Ok(()) => (group.ops.len(), None),
+            Err((done, error)) => (done, Some(error)),
+        };
+        // A group writes each entry once, so the inverse of each write is read from the
+        // mirror as it was before the group; only a failed group needs them.
+        let undo: Vec<Op> = match failure {
+            Some(_) => group.ops[..done]
+                .iter()
+                .map(|op| inverse(mirror, op))
+                .collect(),
+            None => Vec::new(),
+        };
+        for op in &group.ops[..done] {
+            mirror.apply(op).expect("the mirror has no limits");
         }
+        report.writes += done;
         if let Some(error) = failure {
             for op in undo.iter().rev() {
                 // Undoing only deletes or restores entries that existed a moment ago, so it

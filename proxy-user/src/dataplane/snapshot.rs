@@ -45,7 +45,7 @@ pub(super) struct Index {
     /// Master entries and slots using each service id: an id with leftover slots stays
     /// taken until they are collected, so a new frontend never inherits them.
     pub service_id_uses: HashMap<u32, u32>,
-    /// Stored backends no slot points at: what garbage collection looks at.
+    /// Backends whose last slot went away: what an incremental garbage collection looks at.
     pub orphans: HashSet<u32>,
     /// Where the next id search starts, so allocation does not rescan the ids in use.
     pub next_backend: u32,
@@ -187,9 +187,9 @@ impl MapStore for Snapshot {
                     self.index.forget_backend(&old, k);
                 }
                 self.index.backend_ids.entry(v).or_insert(k);
-                if !self.index.slot_refs.contains_key(&k) {
-                    self.index.orphans.insert(k);
-                }
+                // Not counted as an orphan: the slots that use it follow in the same group,
+                // and a group that fails deletes it again. One left unused by a failed
+                // deletion is found by the next full sync.
             }
             Op::DeleteService(k) => {
                 if let Some(old) = self.services.remove(&k) {

@@ -169,23 +169,15 @@ impl Model {
     /// Recomputes what changed since the last call; returns the Services whose frontends,
     /// health check or skip reports may differ, sorted.
     pub fn settle(&mut self) -> Vec<ServiceName> {
-        let dirty = std::mem::take(&mut self.dirty);
+        let dirty: Vec<ServiceName> = std::mem::take(&mut self.dirty)
+            .into_iter()
+            .filter(|name| self.services.contains_key(name))
+            .collect();
+        let translations = self.translate_all(&dirty);
         let mut affected: BTreeSet<ServiceName> = BTreeSet::new();
         let mut touched: BTreeMap<Address, Option<ServiceName>> = BTreeMap::new();
-        for name in dirty {
-            let Some(entry) = self.services.get(&name) else {
-                continue;
-            };
-            let translated = entry.input.as_ref().and_then(|input| {
-                let slices: Vec<&SliceInput> = self
-                    .slices_of
-                    .get(&name)
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|s| self.slices.get(s).map(|s| &**s))
-                    .collect();
-                translate_input(input, &slices, &self.node).transpose()
-            });
+        for (name, translated) in dirty.into_iter().zip(translations) {
+            let entry = &self.services[&name];
             let old = claimed(entry.translated.as_ref());
             let new = claimed(translated.as_ref());
             for address in old.keys().chain(new.keys()) {
@@ -243,6 +235,42 @@ impl Model {
             self.services.get_mut(name).expect("exists").lost = lost;
         }
         affected.into_iter().collect()
+    }
+
+    /// Translations of `names` (which exist), on every core when there are many: a cold
+    /// start translates every Service at once, and translations are independent.
+    fn translate_all(&self, names: &[ServiceName]) -> Vec<Option<Result<Translated, Skipped>>> {
+        const PER_THREAD: usize = 4096;
+        let translate = |names: &[ServiceName]| -> Vec<_> {
+            names.iter().map(|name| self.translate(name)).collect()
+        };
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if threads < 2 || names.len() < 2 * PER_THREAD {
+            return translate(names);
+        }
+        let chunk = names.len().div_ceil(threads);
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = names
+                .chunks(chunk)
+                .map(|part| scope.spawn(move || translate(part)))
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                .collect()
+        })
+    }
+
+    fn translate(&self, name: &ServiceName) -> Option<Result<Translated, Skipped>> {
+        let input = self.services.get(name)?.input.as_ref()?;
+        let slices: Vec<&SliceInput> = self
+            .slices_of
+            .get(name)
+            .into_iter()
+            .flatten()
+            .filter_map(|s| self.slices.get(s).map(|s| &**s))
+            .collect();
+        translate_input(input, &slices, &self.node).transpose()
     }
 
     fn winner(&self, address: &Address) -> Option<&ServiceName> {
