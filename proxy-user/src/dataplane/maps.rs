@@ -43,14 +43,18 @@ pub struct PinnedMaps {
     pub backends: HashMap<MapData, u32, Backend>,
     pub conntrack: HashMap<MapData, CtKey, CtValue>,
     pub stats: PerCpuArray<MapData, u64>,
-    /// The service, slot and backend maps again, for batch writes.
+    /// The slot and backend maps again, for batch writes.
     batch: BatchFds,
 }
 
 struct BatchFds {
-    services: OwnedFd,
     slots: OwnedFd,
     backends: OwnedFd,
+    /// Reused between calls: a cold sync makes two hundred thousand of them.
+    slot_keys: Vec<SlotKey>,
+    slot_values: Vec<u32>,
+    backend_keys: Vec<u32>,
+    backend_values: Vec<Backend>,
     /// Set when the kernel refused a batch: from then on, one element per call.
     unsupported: bool,
 }
@@ -101,9 +105,12 @@ impl PinnedMaps {
             open(dir, BACKENDS)?,
         );
         let batch = BatchFds {
-            services: duplicate(&services, dir, SERVICES)?,
             slots: duplicate(&slots, dir, SLOTS)?,
             backends: duplicate(&backends, dir, BACKENDS)?,
+            slot_keys: Vec::new(),
+            slot_values: Vec::new(),
+            backend_keys: Vec::new(),
+            backend_values: Vec::new(),
             unsupported: false,
         };
         Ok(Self {
@@ -183,39 +190,37 @@ impl PinnedMaps {
         if run.len() > 1 && !self.batch.unsupported {
             let result = match run[0] {
                 Op::PutBackend(..) => {
-                    let (keys, values): (Vec<u32>, Vec<Backend>) = run
-                        .iter()
-                        .filter_map(|op| match op {
-                            Op::PutBackend(k, v) => Some((*k, *v)),
-                            _ => None,
-                        })
-                        .unzip();
-                    let fd = self.batch.backends.as_fd();
-                    Some((BACKENDS, "maps.backends", batch::update(fd, &keys, &values)))
+                    let b = &mut self.batch;
+                    let (keys, values) = (&mut b.backend_keys, &mut b.backend_values);
+                    (keys.clear(), values.clear());
+                    for op in run {
+                        if let Op::PutBackend(k, v) = op {
+                            keys.push(*k);
+                            values.push(*v);
+                        }
+                    }
+                    let result = batch::update(b.backends.as_fd(), keys, values);
+                    Some((BACKENDS, "maps.backends", result))
                 }
                 Op::PutSlot(..) => {
-                    let (keys, values): (Vec<SlotKey>, Vec<u32>) = run
-                        .iter()
-                        .filter_map(|op| match op {
-                            Op::PutSlot(k, v) => Some((*k, *v)),
-                            _ => None,
-                        })
-                        .unzip();
-                    let fd = self.batch.slots.as_fd();
-                    Some((SLOTS, "maps.slots", batch::update(fd, &keys, &values)))
+                    let b = &mut self.batch;
+                    let (keys, values) = (&mut b.slot_keys, &mut b.slot_values);
+                    (keys.clear(), values.clear());
+                    for op in run {
+                        if let Op::PutSlot(k, v) = op {
+                            keys.push(*k);
+                            values.push(*v);
+                        }
+                    }
+                    let result = batch::update(b.slots.as_fd(), keys, values);
+                    Some((SLOTS, "maps.slots", result))
                 }
-                Op::PutService(..) => {
-                    let (keys, values): (Vec<ServiceKey>, Vec<ServiceValue>) = run
-                        .iter()
-                        .filter_map(|op| match op {
-                            Op::PutService(k, v) => Some((*k, *v)),
-                            _ => None,
-                        })
-                        .unzip();
-                    let fd = self.batch.services.as_fd();
-                    Some((SERVICES, "maps.services", batch::update(fd, &keys, &values)))
-                }
-                Op::DeleteService(_) | Op::DeleteSlot(_) | Op::DeleteBackend(_) => None,
+                // A group has one master entry, written on its own so that it flips the
+                // frontend in one element update.
+                Op::PutService(..)
+                | Op::DeleteService(_)
+                | Op::DeleteSlot(_)
+                | Op::DeleteBackend(_) => None,
             };
             match result {
                 Some((_, _, Ok(()))) => return Ok(()),

@@ -327,12 +327,11 @@ fn inverse(mirror: &Snapshot, op: &Op) -> Op {
 }
 
 /// Hands out ids not in use, reusing a backend's id when the same backend already exists.
-/// Ids handed out in one plan are not in the snapshot yet, so they are remembered here.
+/// The searches only move forward, so an id handed out in this plan (not in the snapshot
+/// yet) is not looked at again.
 struct IdAllocator<'a> {
     current: &'a Snapshot,
     new_backends: HashMap<Backend, u32>,
-    taken_backends: HashSet<u32>,
-    taken_services: HashSet<u32>,
     next_backend: u32,
     next_service: u32,
 }
@@ -342,8 +341,6 @@ impl<'a> IdAllocator<'a> {
         Self {
             current,
             new_backends: HashMap::default(),
-            taken_backends: HashSet::default(),
-            taken_services: HashSet::default(),
             next_backend: current.index.next_backend,
             next_service: current.index.next_service,
         }
@@ -359,22 +356,19 @@ impl<'a> IdAllocator<'a> {
         {
             return id;
         }
-        let (current, taken) = (self.current, &self.taken_backends);
-        let id = next_free(&mut self.next_backend, |id| {
-            current.backends.contains_key(&id) || taken.contains(&id)
-        });
-        self.taken_backends.insert(id);
+        let current = self.current;
+        let id = next_free(&mut self.next_backend, |id| current.backends.contains_key(&id));
         self.new_backends.insert(*backend, id);
         id
     }
 
     fn service(&mut self) -> u32 {
-        let (current, taken) = (self.current, &self.taken_services);
-        let id = next_free(&mut self.next_service, |id| {
-            current.index.service_id_uses.contains_key(&id) || taken.contains(&id)
-        });
-        self.taken_services.insert(id);
-        id
+        let current = self.current;
+        // Ids with leftover slots stay taken until garbage collection removes them, so a new
+        // frontend never inherits another's slots.
+        next_free(&mut self.next_service, |id| {
+            current.index.service_ids.contains_key(&id) || current.slots_of(id).next().is_some()
+        })
     }
 
     /// Where the next plan's searches start.

@@ -42,9 +42,8 @@ pub(super) struct Index {
     pub backend_ids: HashMap<Backend, u32>,
     /// Slots pointing at each backend id.
     pub slot_refs: HashMap<u32, u32>,
-    /// Master entries and slots using each service id: an id with leftover slots stays
-    /// taken until they are collected, so a new frontend never inherits them.
-    pub service_id_uses: HashMap<u32, u32>,
+    /// Master entries using each service id (one, unless the maps drifted).
+    pub service_ids: HashMap<u32, u32>,
     /// Backends whose last slot went away: what an incremental garbage collection looks at.
     pub orphans: HashSet<u32>,
     /// Where the next id search starts, so allocation does not rescan the ids in use.
@@ -90,10 +89,9 @@ impl Snapshot {
             index.backend_ids.entry(*backend).or_insert(*id);
         }
         for value in self.services.values() {
-            *index.service_id_uses.entry(value.id).or_default() += 1;
+            *index.service_ids.entry(value.id).or_default() += 1;
         }
-        for (key, backend_id) in &self.slots {
-            *index.service_id_uses.entry(key.service_id).or_default() += 1;
+        for backend_id in self.slots.values() {
             *index.slot_refs.entry(*backend_id).or_default() += 1;
         }
         index.orphans = self
@@ -157,7 +155,7 @@ impl MapStore for Snapshot {
                 if let Some(old) = self.services.insert(k, v) {
                     self.index.release_service_id(old.id);
                 }
-                *self.index.service_id_uses.entry(v.id).or_default() += 1;
+                *self.index.service_ids.entry(v.id).or_default() += 1;
             }
             Op::PutSlot(k, v) => {
                 if let Some(l) = limits
@@ -166,12 +164,14 @@ impl MapStore for Snapshot {
                 {
                     return Err(Self::full(proxy_common::map_names::SLOTS, "maps.slots"));
                 }
-                match self.slots.insert(k, v) {
-                    Some(old) => self.index.unref_backend(old, &self.backends),
-                    None => *self.index.service_id_uses.entry(k.service_id).or_default() += 1,
+                if let Some(old) = self.slots.insert(k, v) {
+                    self.index.unref_backend(old, &self.backends);
                 }
-                *self.index.slot_refs.entry(v).or_default() += 1;
-                self.index.orphans.remove(&v);
+                let refs = self.index.slot_refs.entry(v).or_default();
+                *refs += 1;
+                if *refs == 1 {
+                    self.index.orphans.remove(&v);
+                }
             }
             Op::PutBackend(k, v) => {
                 if let Some(l) = limits
@@ -198,7 +198,6 @@ impl MapStore for Snapshot {
             }
             Op::DeleteSlot(k) => {
                 if let Some(old) = self.slots.remove(&k) {
-                    self.index.release_service_id(k.service_id);
                     self.index.unref_backend(old, &self.backends);
                 }
             }
@@ -215,10 +214,10 @@ impl MapStore for Snapshot {
 
 impl Index {
     fn release_service_id(&mut self, id: u32) {
-        if let Some(uses) = self.service_id_uses.get_mut(&id) {
+        if let Some(uses) = self.service_ids.get_mut(&id) {
             *uses -= 1;
             if *uses == 0 {
-                self.service_id_uses.remove(&id);
+                self.service_ids.remove(&id);
             }
         }
     }
