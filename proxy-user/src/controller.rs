@@ -67,7 +67,8 @@ pub struct Controller {
     health_checks: tokio::sync::watch::Sender<HealthChecks>,
     /// Trigger times of EndpointSlice changes applied but not yet programmed.
     programmed_pending: Vec<Box<str>>,
-    /// The first sync also collects whatever an earlier run left that is no longer wanted.
+    /// The first sync indexes the adopted maps and also compares the frontends an earlier run
+    /// left in them.
     synced_once: bool,
 }
 
@@ -168,7 +169,7 @@ impl Controller {
             .metrics
             .record_changes(services_changed, slices_changed);
         self.observer.metrics.set_pending_changes(0, 0);
-        let changed_keys = self.update_desired();
+        let mut changed_keys = self.update_desired();
         if full {
             let actual = self.maps.snapshot();
             if actual != self.mirror {
@@ -176,9 +177,16 @@ impl Controller {
             }
             self.mirror = actual;
         }
-        let report = if full || !self.synced_once {
+        let report = if full {
             plan::sync(&mut self.maps, &mut self.mirror, &self.desired)
         } else {
+            if !self.synced_once {
+                // The frontends an earlier run left are compared too, so those no longer
+                // wanted go now; slots it left without a master entry wait for the first
+                // full sync.
+                self.mirror.reindex();
+                changed_keys.extend(self.mirror.services.keys().copied());
+            }
             plan::sync_changed(&mut self.maps, &mut self.mirror, &self.desired, &changed_keys)
         };
         self.synced_once = true;

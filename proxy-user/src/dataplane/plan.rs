@@ -82,7 +82,7 @@ fn plan_groups<'a>(
     let mut groups = Vec::new();
     for (key, entry) in desired {
         let backend_ids: Vec<u32> = entry.backends.iter().map(|b| ids.backend(b)).collect();
-        let mut ops = Vec::new();
+        let mut ops = Vec::with_capacity(2 * backend_ids.len() + 1);
         for (&id, backend) in backend_ids.iter().zip(&entry.backends) {
             if current.backends.get(&id) != Some(backend)
                 && !ops.contains(&Op::PutBackend(id, *backend))
