@@ -15,17 +15,17 @@ use proxy_common::{ServiceKey, map_names};
 use crate::{
     config::MapSizes,
     dataplane::{
-        layout::{DesiredMaps, FrontendEntry, Unserved, service_entries},
+        layout::{DesiredMaps, FrontendEntry, ServiceLayout, Unserved, service_entries},
         maps::PinnedMaps,
         plan::{self, SyncReport},
         snapshot::Snapshot,
     },
+    fast::HashMap,
     model::{FrontendKey, HealthCheck, Model, NodeContext, ServiceName, Skipped},
     observe::{
         DATAPATH_COUNTERS, Metrics, Observer,
         service_health::{HealthChecks, ServiceCheck},
     },
-    fast::HashMap,
     source::{Changes, FeedRx},
 };
 
@@ -187,7 +187,12 @@ impl Controller {
                 self.mirror.reindex();
                 changed_keys.extend(self.mirror.services.keys().copied());
             }
-            plan::sync_changed(&mut self.maps, &mut self.mirror, &self.desired, &changed_keys)
+            plan::sync_changed(
+                &mut self.maps,
+                &mut self.mirror,
+                &self.desired,
+                &changed_keys,
+            )
         };
         self.synced_once = true;
         for (key, err) in &report.failed {
@@ -235,10 +240,7 @@ impl Controller {
         for (name, slice) in slices {
             let changed = match slice {
                 Some(slice) => {
-                    let old_trigger = self
-                        .model
-                        .slice(&name)
-                        .and_then(|s| s.trigger_time.clone());
+                    let old_trigger = self.model.slice(&name).and_then(|s| s.trigger_time.clone());
                     // Network programming latency is observed once per slice change.
                     if let Some(trigger) = &slice.trigger_time
                         && old_trigger.as_ref() != Some(trigger)
@@ -279,7 +281,7 @@ impl Controller {
                 }
             }
             let view = self.model.service(name);
-            let (entries, unserved) =
+            let ServiceLayout { entries, unserved } =
                 service_entries(view.and_then(|v| v.frontends()).into_iter().flatten());
             let skipped = view.map(|v| v.skipped()).unwrap_or_default();
             let check = view.and_then(|v| v.health_check());

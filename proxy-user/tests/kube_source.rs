@@ -480,7 +480,10 @@ async fn resume_after_compaction(gone_as_http: bool) {
     server.delete(Kind::EndpointSlice, "shop", "cart-xyz");
     server.apply(service("default", "api", "10.96.0.40"));
     server.compact();
-    assert!(!source.rx.has_changed(), "nothing new while the server is away");
+    assert!(
+        !source.rx.has_changed(),
+        "nothing new while the server is away"
+    );
     assert_eq!(service_names(&source.seen), service_names(&first));
     server.restart().await;
 

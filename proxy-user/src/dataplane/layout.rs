@@ -33,19 +33,24 @@ pub fn desired_maps(state: &DesiredState) -> (DesiredMaps, Vec<(FrontendKey, Uns
     let mut maps = DesiredMaps::new();
     let mut unserved = Vec::new();
     for frontends in state.services.values() {
-        let (entries, cannot) = service_entries(frontends);
-        maps.extend(entries);
-        unserved.extend(cannot);
+        let layout = service_entries(frontends);
+        maps.extend(layout.entries);
+        unserved.extend(layout.unserved);
     }
     (maps, unserved)
 }
 
-/// The map entries of one Service's frontends, and those of its frontends the datapath
-/// cannot serve. A Service's entries depend on nothing but its own frontends, so one
-/// Service's change is laid out on its own.
-pub fn service_entries<'a>(
-    frontends: impl IntoIterator<Item = &'a Frontend>,
-) -> (Vec<(ServiceKey, FrontendEntry)>, Vec<(FrontendKey, Unserved)>) {
+/// One Service's part of the maps.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceLayout {
+    pub entries: Vec<(ServiceKey, FrontendEntry)>,
+    /// Its frontends the datapath cannot serve (yet), for the caller to report.
+    pub unserved: Vec<(FrontendKey, Unserved)>,
+}
+
+/// The map entries of one Service's frontends. A Service's entries depend on nothing but its
+/// own frontends, so one Service's change is laid out on its own.
+pub fn service_entries<'a>(frontends: impl IntoIterator<Item = &'a Frontend>) -> ServiceLayout {
     let mut entries = Vec::new();
     let mut unsupported = Vec::new();
     for frontend in frontends {
@@ -85,7 +90,10 @@ pub fn service_entries<'a>(
             },
         ));
     }
-    (entries, unsupported)
+    ServiceLayout {
+        entries,
+        unserved: unsupported,
+    }
 }
 
 #[cfg(test)]

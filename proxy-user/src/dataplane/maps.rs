@@ -192,7 +192,8 @@ impl PinnedMaps {
                 Op::PutBackend(..) => {
                     let b = &mut self.batch;
                     let (keys, values) = (&mut b.backend_keys, &mut b.backend_values);
-                    (keys.clear(), values.clear());
+                    keys.clear();
+                    values.clear();
                     for op in run {
                         if let Op::PutBackend(k, v) = op {
                             keys.push(*k);
@@ -205,7 +206,8 @@ impl PinnedMaps {
                 Op::PutSlot(..) => {
                     let b = &mut self.batch;
                     let (keys, values) = (&mut b.slot_keys, &mut b.slot_values);
-                    (keys.clear(), values.clear());
+                    keys.clear();
+                    values.clear();
                     for op in run {
                         if let Op::PutSlot(k, v) = op {
                             keys.push(*k);

@@ -235,9 +235,7 @@ pub fn sync_changed(
     desired: &DesiredMaps,
     changed: &BTreeSet<ServiceKey>,
 ) -> SyncReport {
-    let wanted = changed
-        .iter()
-        .filter_map(|key| desired.get_key_value(key));
+    let wanted = changed.iter().filter_map(|key| desired.get_key_value(key));
     let mut report = plan_and_apply(store, mirror, wanted);
     for op in plan_garbage_of(mirror, desired, changed) {
         if store.apply(&op).is_ok() {
@@ -269,13 +267,17 @@ fn plan_and_apply<'a>(
     report
 }
 
-fn apply_groups(store: &mut impl MapStore, mirror: &mut Snapshot, groups: Vec<Group>) -> SyncReport {
+fn apply_groups(
+    store: &mut impl MapStore,
+    mirror: &mut Snapshot,
+    groups: Vec<Group>,
+) -> SyncReport {
     let mut report = SyncReport::default();
     for mut group in groups {
         // A backend another group already wrote in this sync needs no second write.
-        group
-            .ops
-            .retain(|op| !matches!(op, Op::PutBackend(id, b) if mirror.backends.get(id) == Some(b)));
+        group.ops.retain(
+            |op| !matches!(op, Op::PutBackend(id, b) if mirror.backends.get(id) == Some(b)),
+        );
         let (done, failure) = match store.apply_all(&group.ops) {
             Ok(()) => (group.ops.len(), None),
             Err((done, error)) => (done, Some(error)),
@@ -357,7 +359,9 @@ impl<'a> IdAllocator<'a> {
             return id;
         }
         let current = self.current;
-        let id = next_free(&mut self.next_backend, |id| current.backends.contains_key(&id));
+        let id = next_free(&mut self.next_backend, |id| {
+            current.backends.contains_key(&id)
+        });
         self.new_backends.insert(*backend, id);
         id
     }

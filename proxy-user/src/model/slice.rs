@@ -73,7 +73,10 @@ impl SliceInput {
             .map(|p| SlicePort {
                 name: p.name.as_deref().unwrap_or("").into(),
                 protocol: Protocol::from_k8s(p.protocol.as_deref()),
-                port: p.port.and_then(|p| u16::try_from(p).ok()).filter(|&p| p != 0),
+                port: p
+                    .port
+                    .and_then(|p| u16::try_from(p).ok())
+                    .filter(|&p| p != 0),
             })
             .collect();
         let endpoints = slice
@@ -90,12 +93,12 @@ impl SliceInput {
                     placement: intern_placement(Placement {
                         node_name: ep.node_name.as_deref().map(intern_name),
                         zone_hints: names(
-                        hints
-                            .and_then(|h| h.for_zones.as_ref())
-                            .into_iter()
-                            .flatten()
-                            .map(|z| z.name.as_str()),
-                    ),
+                            hints
+                                .and_then(|h| h.for_zones.as_ref())
+                                .into_iter()
+                                .flatten()
+                                .map(|z| z.name.as_str()),
+                        ),
                         node_hints: names(
                             hints
                                 .and_then(|h| h.for_nodes.as_ref())

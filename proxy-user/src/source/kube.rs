@@ -423,7 +423,11 @@ struct Watched<V> {
 
 impl<V> Watched<V> {
     async fn wait_until_ready(&self) -> Result<(), watch::error::RecvError> {
-        self.ready.clone().wait_for(|ready| *ready).await.map(|_| ())
+        self.ready
+            .clone()
+            .wait_for(|ready| *ready)
+            .await
+            .map(|_| ())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Objects<V>> {
@@ -471,8 +475,7 @@ where
         // retries; it resets itself after two quiet minutes.
         let mut gone_backoff = watcher::DefaultBackoff::default();
         loop {
-            let mut events =
-                std::pin::pin!(watcher(api.clone(), config.clone()).default_backoff());
+            let mut events = std::pin::pin!(watcher(api.clone(), config.clone()).default_backoff());
             while let Some(event) = events.next().await {
                 let event = match event {
                     Ok(event) => event,
