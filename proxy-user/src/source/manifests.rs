@@ -398,4 +398,55 @@ mod tests {
         );
         fs::remove_dir_all(&dir).unwrap();
     }
+
+    #[test]
+    fn the_folder_is_published_as_the_changes_since_the_last_publication() {
+        let dir =
+            std::env::temp_dir().join(format!("sluice-manifests-diff-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("a.yaml"), format!("{SERVICE}---\n{SLICE}")).unwrap();
+        // The same Service again in another file, with another address.
+        fs::write(
+            dir.join("b.yaml"),
+            SERVICE.replace("10.96.0.10", "10.96.0.11"),
+        )
+        .unwrap();
+        let mut folder = ManifestFolder::new(&dir);
+        folder.refresh().unwrap();
+        let first = folder.contents();
+        assert_eq!(first.services.len(), 1);
+        let web = &first.services[&ServiceName::new("default", "web")];
+        assert_eq!(web.duplicates, 1, "the other one is reported");
+        let mut changes = Changes::default();
+        Contents::default().diff(&first, &mut changes);
+        assert_eq!((changes.services.len(), changes.slices.len()), (1, 1));
+
+        // Only the slice changes: only the slice is published.
+        fs::write(
+            dir.join("a.yaml"),
+            format!("{SERVICE}---\n{}", SLICE.replace("10.0.0.1", "10.0.0.2")),
+        )
+        .unwrap();
+        folder.refresh().unwrap();
+        let second = folder.contents();
+        let mut changes = Changes::default();
+        first.diff(&second, &mut changes);
+        assert!(changes.services.is_empty(), "{changes:?}");
+        assert_eq!(changes.slices.len(), 1);
+
+        // A deleted file's objects are published as deletions.
+        fs::remove_file(dir.join("a.yaml")).unwrap();
+        folder.refresh().unwrap();
+        let third = folder.contents();
+        let mut changes = Changes::default();
+        second.diff(&third, &mut changes);
+        assert_eq!(changes.slices.values().collect::<Vec<_>>(), [&None]);
+        assert_eq!(third.services.len(), 1, "b.yaml still defines web");
+        assert_eq!(
+            third.services[&ServiceName::new("default", "web")].duplicates,
+            0
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
 }
