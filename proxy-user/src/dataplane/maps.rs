@@ -43,11 +43,12 @@ pub struct PinnedMaps {
     pub backends: HashMap<MapData, u32, Backend>,
     pub conntrack: HashMap<MapData, CtKey, CtValue>,
     pub stats: PerCpuArray<MapData, u64>,
-    /// The slot and backend maps again, for batch writes.
+    /// The service, slot and backend maps again, for batch reads and writes.
     batch: BatchFds,
 }
 
 struct BatchFds {
+    services: OwnedFd,
     slots: OwnedFd,
     backends: OwnedFd,
     /// Reused between calls: a cold sync makes two hundred thousand of them.
@@ -105,6 +106,7 @@ impl PinnedMaps {
             open(dir, BACKENDS)?,
         );
         let batch = BatchFds {
+            services: duplicate(&services, dir, SERVICES)?,
             slots: duplicate(&slots, dir, SLOTS)?,
             backends: duplicate(&backends, dir, BACKENDS)?,
             slot_keys: Vec::new(),
@@ -128,11 +130,19 @@ impl PinnedMaps {
     /// Reads the service, slot and backend maps. Entries that vanish while being read are
     /// skipped: a snapshot is a best-effort image that the next reconcile corrects.
     pub fn snapshot(&self) -> Snapshot {
-        Snapshot::new(
-            self.services.iter().filter_map(Result::ok).collect(),
-            self.slots.iter().filter_map(Result::ok).collect(),
-            self.backends.iter().filter_map(Result::ok).collect(),
-        )
+        let services = match batch::read_all(self.batch.services.as_fd()) {
+            Some(all) => all.into_iter().collect(),
+            None => self.services.iter().filter_map(Result::ok).collect(),
+        };
+        let slots = match batch::read_all(self.batch.slots.as_fd()) {
+            Some(all) => all.into_iter().collect(),
+            None => self.slots.iter().filter_map(Result::ok).collect(),
+        };
+        let backends = match batch::read_all(self.batch.backends.as_fd()) {
+            Some(all) => all.into_iter().collect(),
+            None => self.backends.iter().filter_map(Result::ok).collect(),
+        };
+        Snapshot::new(services, slots, backends)
     }
 
     /// Conntrack entries (for inspection and tests).
