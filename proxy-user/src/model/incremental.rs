@@ -68,14 +68,6 @@ impl Model {
         }
     }
 
-    pub fn node(&self) -> &NodeContext {
-        &self.node
-    }
-
-    pub fn service_input(&self, name: &ServiceName) -> Option<&Arc<ServiceInput>> {
-        self.services.get(name)?.input.as_ref()
-    }
-
     pub fn slice(&self, name: &ServiceName) -> Option<&Arc<SliceInput>> {
         self.slices.get(name)
     }
@@ -85,14 +77,6 @@ impl Model {
             .iter()
             .filter(|(_, e)| e.input.is_some())
             .map(|(name, _)| name)
-    }
-
-    pub fn service_count(&self) -> usize {
-        self.services.values().filter(|e| e.input.is_some()).count()
-    }
-
-    pub fn slice_count(&self) -> usize {
-        self.slices.len()
     }
 
     /// Adds or replaces a Service; returns whether anything changed.
