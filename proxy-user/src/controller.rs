@@ -1,11 +1,14 @@
-//! The sync loop: waits for input changes, coalesces them, computes the desired state and
-//! applies what changed; periodically re-reads the kernel's maps to repair drift.
+//! The sync loop: waits for input changes, coalesces them, recomputes the Services they
+//! touch and writes the frontends that changed; periodically re-reads the kernel's maps and
+//! reconsiders everything to repair drift.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
     time::{Duration, Instant},
 };
 
+use k8s_openapi::api::core::v1::Node;
 use tracing::{error, info, warn};
 
 use proxy_common::{FrontendMeta, ServiceKey, map_names};
@@ -15,19 +18,20 @@ use crate::{
     dataplane::{
         fallback::RuleDataplane,
         layout::{
-            SourceRangeEntry, Unserved, desired_maps, desired_meta, desired_source_ranges,
-            desired_vips,
+            DesiredMaps, FrontendEntry, ServiceLayout, SourceRangeEntry, Unserved, frontend_side,
+            service_entries,
         },
         maps::PinnedMaps,
         plan::{self, SyncReport},
         snapshot::Snapshot,
     },
-    model::{DesiredState, NodeContext},
+    fast::HashMap,
+    model::{FrontendKey, HealthCheck, Model, NodeContext, ServiceName, Skipped},
     observe::{
         DATAPATH_COUNTERS, Metrics, Observer,
         service_health::{HealthChecks, ServiceCheck},
     },
-    source::InputsRx,
+    source::{Changes, FeedRx},
 };
 
 #[derive(Clone, Copy, Debug)]
@@ -50,28 +54,42 @@ impl Default for SyncSettings {
     }
 }
 
-/// Drives the maps towards the inputs until `inputs` closes.
+/// Drives the maps towards the inputs until the source goes away.
 pub struct Controller {
-    /// The eBPF maps; `None` when a fallback dataplane serves instead (`rules`).
+    /// The eBPF maps; `None` when a fallback dataplane serves instead.
     maps: Option<PinnedMaps>,
-    /// A fallback dataplane (nftables, iptables, IPVS) given each desired state instead of
-    /// the maps being written.
     rules: Option<Box<dyn RuleDataplane>>,
     mirror: Snapshot,
+    /// The configured node; a Node object from the source refines it.
     node: NodeContext,
     settings: SyncSettings,
     observer: Observer,
     capacities: MapSizes,
-    last_skipped: BTreeSet<String>,
-    last_unserved: BTreeSet<String>,
+    model: Model,
+    /// Map contents of every frontend, and which keys each Service's frontends own.
+    desired: DesiredMaps,
+    keys_of: HashMap<ServiceName, Vec<ServiceKey>>,
+    /// What each Service was last reported for, so each report is made once.
+    skipped_of: HashMap<ServiceName, Vec<String>>,
+    unserved_of: HashMap<ServiceName, Vec<String>>,
+    health_of: BTreeMap<ServiceName, HealthCheck>,
     /// healthCheckNodePort answers, published for the listeners after each sync.
     health_checks: tokio::sync::watch::Sender<HealthChecks>,
-    /// The inputs of the last sync, to count what changed since.
-    last_inputs: std::sync::Arc<crate::source::Inputs>,
-    /// Last-change trigger time per EndpointSlice already reported as programmed.
-    programmed: BTreeMap<(String, String), String>,
-    /// What Sluice wrote into the maps beside the frontend maps.
+    /// Trigger times of EndpointSlice changes applied but not yet programmed.
+    programmed_pending: Vec<Box<str>>,
+    /// The first sync indexes the adopted maps and also compares the frontends an earlier run
+    /// left in them.
+    synced_once: bool,
+    /// The maps beside the frontend maps: what should be in them, what was written, which
+    /// keys each Service contributes, and the keys changed since the last write.
+    side_desired: SideMaps,
     side: SideMaps,
+    side_of: HashMap<ServiceName, SideKeys>,
+    side_dirty: SideKeys,
+    /// Services using each ClusterIP (normally one).
+    vip_users: HashMap<u32, u32>,
+    /// The node's addresses, admitted by every `loadBalancerSourceRanges`.
+    node_addresses: Vec<IpAddr>,
 }
 
 impl Controller {
@@ -89,19 +107,28 @@ impl Controller {
         let mirror = maps.snapshot();
         let side = SideMaps::read(&maps);
         Self {
-            side,
             maps: Some(maps),
             rules: None,
+            side,
+            side_desired: SideMaps::default(),
+            side_of: HashMap::default(),
+            side_dirty: SideKeys::default(),
+            vip_users: HashMap::default(),
+            node_addresses: node.node_addresses.clone(),
             mirror,
+            model: Model::new(node.clone()),
             node,
             settings,
             observer,
             capacities,
-            last_skipped: BTreeSet::new(),
-            last_unserved: BTreeSet::new(),
-            last_inputs: Default::default(),
+            desired: DesiredMaps::new(),
+            keys_of: HashMap::default(),
+            skipped_of: HashMap::default(),
+            unserved_of: HashMap::default(),
+            health_of: BTreeMap::new(),
             health_checks: tokio::sync::watch::channel(HealthChecks::default()).0,
-            programmed: BTreeMap::new(),
+            programmed_pending: Vec::new(),
+            synced_once: false,
         }
     }
 
@@ -113,19 +140,28 @@ impl Controller {
         observer: Observer,
     ) -> Self {
         Self {
-            side: SideMaps::default(),
             maps: None,
             rules: Some(rules),
+            side: SideMaps::default(),
+            side_desired: SideMaps::default(),
+            side_of: HashMap::default(),
+            side_dirty: SideKeys::default(),
+            vip_users: HashMap::default(),
+            node_addresses: node.node_addresses.clone(),
             mirror: Snapshot::default(),
+            model: Model::new(node.clone()),
             node,
             settings,
             observer,
             capacities: MapSizes::default(),
-            last_skipped: BTreeSet::new(),
-            last_unserved: BTreeSet::new(),
-            last_inputs: Default::default(),
+            desired: DesiredMaps::new(),
+            keys_of: HashMap::default(),
+            skipped_of: HashMap::default(),
+            unserved_of: HashMap::default(),
+            health_of: BTreeMap::new(),
             health_checks: tokio::sync::watch::channel(HealthChecks::default()).0,
-            programmed: BTreeMap::new(),
+            programmed_pending: Vec::new(),
+            synced_once: false,
         }
     }
 
@@ -134,7 +170,7 @@ impl Controller {
         self.health_checks.subscribe()
     }
 
-    fn node_context(&self, node: Option<&k8s_openapi::api::core::v1::Node>) -> NodeContext {
+    fn node_context(&self, node: Option<&Node>) -> NodeContext {
         match node {
             Some(node) => NodeContext {
                 node_port_addresses: self.node.node_port_addresses.clone(),
@@ -145,7 +181,7 @@ impl Controller {
         }
     }
 
-    pub async fn run(mut self, mut inputs: InputsRx) {
+    pub async fn run(mut self, mut inputs: FeedRx) {
         // Nothing is written before the source has delivered its first complete view:
         // syncing an empty view would wipe the datapath on every restart.
         if inputs.changed().await.is_err() {
@@ -169,8 +205,10 @@ impl Controller {
                         return;
                     }
                     self.observer.queued();
-                    let (services, slices) = inputs.borrow().changes_since(&self.last_inputs);
-                    self.observer.metrics.set_pending_changes(services, slices);
+                    let (services, slices) = inputs.feed().pending();
+                    self.observer
+                        .metrics
+                        .set_pending_changes(services as u64, slices as u64);
                     pending = true;
                 }
                 _ = tokio::time::sleep_until(next_full.into()) => {
@@ -182,88 +220,88 @@ impl Controller {
         }
     }
 
-    /// One sync. `full` re-reads the kernel's maps first, so entries changed or deleted behind
-    /// Sluice's back are put right.
-    pub fn sync_once(&mut self, inputs: &mut InputsRx, full: bool) -> SyncReport {
+    /// One sync: applies the changes the source recorded since the last one and writes the
+    /// frontends they changed. `full` re-reads the kernel's maps first and reconsiders every
+    /// frontend and entry, so entries changed or deleted behind Sluice's back are put right.
+    pub fn sync_once(&mut self, inputs: &mut FeedRx, full: bool) -> SyncReport {
         let started = Instant::now();
-        // Marks the value seen: a change that arrived while waiting out minSyncPeriod is applied
-        // now and must not wake the loop for a second, identical sync.
-        let snapshot = inputs.borrow_and_update().clone();
-        let (services_changed, slices_changed) = snapshot.changes_since(&self.last_inputs);
+        let (services_changed, slices_changed) = self.apply(inputs.take());
         self.observer
             .metrics
             .record_changes(services_changed, slices_changed);
         self.observer.metrics.set_pending_changes(0, 0);
-        self.last_inputs = snapshot.clone();
-        if let Some(node) = &snapshot.node {
-            self.observer
-                .health
-                .set_node_eligible(crate::model::node_eligible(node));
-        }
-        let node = self.node_context(snapshot.node.as_ref());
-        let state = DesiredState::build(&snapshot.services, &snapshot.slices, &node);
-        self.report_skipped(&state);
-        self.publish_health_checks(&state);
+        let mut changed_keys = self.update_desired();
         let Some(mut maps) = self.maps.take() else {
-            return self.sync_rules(&state, &snapshot.slices, full, started);
+            return self.sync_rules(full, started);
         };
-        let report = self.sync_maps(&mut maps, &state, &node, &snapshot.slices, full, started);
-        self.maps = Some(maps);
-        report
-    }
-
-    /// The eBPF half of a sync: writes the maps.
-    fn sync_maps(
-        &mut self,
-        maps: &mut PinnedMaps,
-        state: &DesiredState,
-        node: &NodeContext,
-        slices: &[k8s_openapi::api::discovery::v1::EndpointSlice],
-        full: bool,
-        started: Instant,
-    ) -> SyncReport {
-        let (desired, unserved) = desired_maps(state, self.settings.scheduler);
-        self.report_unserved(&unserved);
         if full {
             let actual = maps.snapshot();
             if actual != self.mirror {
                 warn!("map contents differ from what Sluice wrote; repairing");
             }
             self.mirror = actual;
+            self.side = SideMaps::read(&maps);
         }
-        let side = SideMaps::desired(state, node);
+        // Side entries are added before the frontends that use them and removed after, so a
+        // frontend never consults a half-written set.
+        let dirty = std::mem::take(&mut self.side_dirty);
+        let scope = (!full).then_some(&dirty);
+        self.side.sync(
+            &self.side_desired,
+            scope,
+            Phase::Upsert,
+            &mut maps,
+            &self.observer.metrics,
+        );
+        let report = if full {
+            plan::sync(&mut maps, &mut self.mirror, &self.desired)
+        } else {
+            if !self.synced_once {
+                // The frontends an earlier run left are compared too, so those no longer
+                // wanted go now; slots it left without a master entry wait for the first
+                // full sync.
+                self.mirror.reindex();
+                changed_keys.extend(self.mirror.services.keys().copied());
+            }
+            plan::sync_changed(&mut maps, &mut self.mirror, &self.desired, &changed_keys)
+        };
+        self.side.sync(
+            &self.side_desired,
+            scope,
+            Phase::Remove,
+            &mut maps,
+            &self.observer.metrics,
+        );
         if full {
-            self.side = SideMaps::read(maps);
-        }
-        self.side
-            .sync(&side, Phase::Upsert, maps, &self.observer.metrics);
-        let report = plan::sync(maps, &mut self.mirror, &desired);
-        self.side
-            .sync(&side, Phase::Remove, maps, &self.observer.metrics);
-        if full {
-            let frontends = desired
+            let frontends = self
+                .desired
                 .keys()
                 .filter(|k| k.scope == proxy_common::scope::ANY)
                 .copied()
                 .collect();
-            let backends = desired
+            let backends = self
+                .desired
                 .values()
                 .flat_map(|e| e.backends.iter().copied())
                 .collect();
             maps.prune_traffic(&frontends, &backends);
         }
+        self.maps = Some(maps);
+        self.synced_once = true;
         for (key, err) in &report.failed {
             error!(frontend = ?key, error = %err, "frontend not updated; its previous entry keeps serving");
             self.observer.metrics.record_store_error(err);
         }
-        self.report_metrics(desired.len(), &report, full, started.elapsed());
+        self.report_metrics(self.desired.len(), &report, full, started.elapsed());
         if report.failed.is_empty() {
-            self.report_programmed(slices);
+            for trigger in self.programmed_pending.drain(..) {
+                self.observer.network_programmed_annotation(Some(&trigger));
+            }
         }
         let level_info = report.writes + report.deletes > 0;
         if level_info {
             info!(
-                frontends = desired.len(),
+                frontends = self.desired.len(),
                 writes = report.writes,
                 deletes = report.deletes,
                 failed = report.failed.len(),
@@ -275,28 +313,179 @@ impl Controller {
         report
     }
 
-    /// The fallback half of a sync: the dataplane renders and applies the state itself. A
-    /// failed apply is logged and counted as a failed sync; the next change or full sync
-    /// retries (the dataplane then rewrites everything).
-    fn sync_rules(
-        &mut self,
-        state: &DesiredState,
-        slices: &[k8s_openapi::api::discovery::v1::EndpointSlice],
-        full: bool,
-        started: Instant,
-    ) -> SyncReport {
+    /// Applies a source's changes to the model; returns how many Services and EndpointSlices
+    /// really changed (added, changed or removed), for kube-proxy's change counters.
+    fn apply(&mut self, changes: Changes) -> (u64, u64) {
+        let Changes {
+            services,
+            slices,
+            node,
+        } = changes;
+        let mut services_changed = 0;
+        for (name, service) in services {
+            let changed = match service {
+                Some(service) => self.model.upsert_service(service),
+                None => self.model.delete_service(&name),
+            };
+            services_changed += u64::from(changed);
+        }
+        let mut slices_changed = 0;
+        for (name, slice) in slices {
+            let changed = match slice {
+                Some(slice) => {
+                    let old_trigger = self.model.slice(&name).and_then(|s| s.trigger_time.clone());
+                    // Network programming latency is observed once per slice change.
+                    if let Some(trigger) = &slice.trigger_time
+                        && old_trigger.as_ref() != Some(trigger)
+                    {
+                        self.programmed_pending.push(trigger.clone());
+                    }
+                    self.model.upsert_slice(name, slice)
+                }
+                None => self.model.delete_slice(&name),
+            };
+            slices_changed += u64::from(changed);
+        }
+        if let Some(node) = node {
+            if let Some(node) = &node {
+                self.observer
+                    .health
+                    .set_node_eligible(crate::model::node_eligible(node));
+            }
+            let context = self.node_context(node.as_deref());
+            self.node_addresses = context.node_addresses.clone();
+            self.model.set_node(context);
+        }
+        (services_changed, slices_changed)
+    }
+
+    /// Brings the desired map contents up to date with the model; returns the keys whose
+    /// contents changed (added, changed or removed).
+    fn update_desired(&mut self) -> BTreeSet<ServiceKey> {
+        let affected = self.model.settle();
+        let mut old: HashMap<ServiceKey, FrontendEntry> = HashMap::default();
+        let mut new: Vec<(ServiceKey, FrontendEntry)> = Vec::new();
+        let mut health_changed = false;
+        let mut sides = Vec::new();
+        // Old keys are all removed before new ones go in: a key can pass from one Service to
+        // another within one settle.
+        for name in &affected {
+            for key in self.keys_of.remove(name).unwrap_or_default() {
+                if let Some(entry) = self.desired.remove(&key) {
+                    old.insert(key, entry);
+                }
+            }
+            let view = self.model.service(name);
+            let ServiceLayout { entries, unserved } = service_entries(
+                view.and_then(|v| v.frontends()).into_iter().flatten(),
+                self.settings.scheduler,
+            );
+            let side = view
+                .and_then(|v| v.frontends())
+                .into_iter()
+                .flatten()
+                .map(|f| frontend_side(f, &self.node_addresses))
+                .fold(SideKeysWithValues::default(), SideKeysWithValues::add);
+            sides.push((name.clone(), side));
+            let skipped = view.map(|v| v.skipped()).unwrap_or_default();
+            let check = view.and_then(|v| v.health_check());
+            if !entries.is_empty() {
+                self.keys_of
+                    .insert(name.clone(), entries.iter().map(|(k, _)| *k).collect());
+            }
+            new.extend(entries);
+            self.report_unserved(name, &unserved);
+            self.report_skipped(name, skipped);
+            let previous = match check {
+                Some(check) => self.health_of.insert(name.clone(), check),
+                None => self.health_of.remove(name),
+            };
+            health_changed |= previous != check;
+        }
+        let mut changed = BTreeSet::new();
+        for (key, entry) in new {
+            if old.remove(&key).as_ref() != Some(&entry) {
+                changed.insert(key);
+            }
+            self.desired.insert(key, entry);
+        }
+        changed.extend(old.into_keys());
+        self.set_sides(sides);
+        if health_changed {
+            self.publish_health_checks();
+        }
+        changed
+    }
+
+    /// Replaces the side-map entries of the Services in `sides`: every old entry first, as
+    /// for frontend keys, since one can pass from one Service to another within one settle.
+    fn set_sides(&mut self, sides: Vec<(ServiceName, SideKeysWithValues)>) {
+        for (name, _) in &sides {
+            let Some(old) = self.side_of.remove(name) else {
+                continue;
+            };
+            for key in old.source_ranges {
+                self.side_desired.source_ranges.remove(&key);
+                self.side_dirty.source_ranges.insert(key);
+            }
+            for vip in old.vips {
+                let users = self.vip_users.entry(vip).or_default();
+                *users = users.saturating_sub(1);
+                if *users == 0 {
+                    self.vip_users.remove(&vip);
+                    self.side_desired.vips.remove(&vip);
+                    self.side_dirty.vips.insert(vip);
+                }
+            }
+            for key in old.meta {
+                self.side_desired.meta.remove(&key);
+                self.side_dirty.meta.insert(key);
+            }
+        }
+        for (name, new) in sides {
+            let mut keys = SideKeys::default();
+            for key in new.source_ranges {
+                self.side_desired.source_ranges.insert(key, ());
+                self.side_dirty.source_ranges.insert(key);
+                keys.source_ranges.insert(key);
+            }
+            for vip in new.vips {
+                if keys.vips.insert(vip) {
+                    *self.vip_users.entry(vip).or_default() += 1;
+                    self.side_desired.vips.insert(vip, ());
+                    self.side_dirty.vips.insert(vip);
+                }
+            }
+            for (key, meta) in new.meta {
+                self.side_desired.meta.insert(key, meta);
+                self.side_dirty.meta.insert(key);
+                keys.meta.insert(key);
+            }
+            if !keys.is_empty() {
+                self.side_of.insert(name, keys);
+            }
+        }
+    }
+
+    /// The fallback half of a sync: the dataplane renders and applies the whole state itself
+    /// (as kube-proxy's modes do, O(all)). A failed apply is logged and counted as a failed
+    /// sync; the next change or full sync retries.
+    fn sync_rules(&mut self, full: bool, started: Instant) -> SyncReport {
+        let state = self.model.state();
         let Some(rules) = self.rules.as_mut() else {
             return SyncReport::default();
         };
         let name = rules.name();
-        let applied = rules.apply(state, full);
+        let applied = rules.apply(&state, full);
         self.observer
             .metrics
             .set_frontends(state.frontends().count());
         match applied {
             Ok(applied) => {
                 self.observer.synced(full, started.elapsed());
-                self.report_programmed(slices);
+                for trigger in self.programmed_pending.drain(..) {
+                    self.observer.network_programmed_annotation(Some(&trigger));
+                }
                 if applied.changed > 0 {
                     info!(
                         dataplane = name,
@@ -316,30 +505,32 @@ impl Controller {
         SyncReport::default()
     }
 
-    fn report_skipped(&mut self, state: &DesiredState) {
-        let now: BTreeSet<String> = state.skipped.iter().map(ToString::to_string).collect();
-        for skipped in &state.skipped {
-            let line = skipped.to_string();
-            if !self.last_skipped.contains(&line) {
+    fn report_skipped(&mut self, name: &ServiceName, skipped: Vec<Skipped>) {
+        let before = self.skipped_of.remove(name).unwrap_or_default();
+        let now: Vec<String> = skipped.iter().map(ToString::to_string).collect();
+        for (skipped, line) in skipped.iter().zip(&now) {
+            if !before.contains(line) {
                 error!("{line}; other Services are unaffected");
                 self.observer
                     .metrics
                     .record_skipped(skipped.reason.as_str());
             }
         }
-        self.last_skipped = now;
+        if !now.is_empty() {
+            self.skipped_of.insert(name.clone(), now);
+        }
     }
 
-    fn publish_health_checks(&self, state: &DesiredState) {
-        let checks: BTreeMap<u16, ServiceCheck> = state
-            .health_checks
+    fn publish_health_checks(&self) {
+        let checks: BTreeMap<u16, ServiceCheck> = self
+            .health_of
             .iter()
             .map(|(service, check)| {
                 (
                     check.port,
                     ServiceCheck {
-                        namespace: service.namespace.clone(),
-                        name: service.name.clone(),
+                        namespace: service.namespace.to_string(),
+                        name: service.name.to_string(),
                         local_endpoints: check.local_endpoints,
                     },
                 )
@@ -356,8 +547,9 @@ impl Controller {
 
     /// Warns once per frontend the datapath cannot serve as the Service asks, so an operator
     /// relying on externalTrafficPolicy: Local or IPv6 hears of it at the default log level.
-    fn report_unserved(&mut self, unserved: &[(crate::model::FrontendKey, Unserved)]) {
-        let now: BTreeSet<String> = unserved
+    fn report_unserved(&mut self, name: &ServiceName, unserved: &[(FrontendKey, Unserved)]) {
+        let before = self.unserved_of.remove(name).unwrap_or_default();
+        let now: Vec<String> = unserved
             .iter()
             .map(|(key, why)| match why {
                 Unserved::Ipv6 => {
@@ -368,35 +560,12 @@ impl Controller {
                 ),
             })
             .collect();
-        for line in now.difference(&self.last_unserved) {
+        for line in now.iter().filter(|l| !before.contains(l)) {
             warn!("{line}");
         }
-        self.last_unserved = now;
-    }
-
-    /// Observes network programming latency once per EndpointSlice change: a slice whose
-    /// trigger time is unchanged since the last sync was already counted.
-    fn report_programmed(&mut self, slices: &[k8s_openapi::api::discovery::v1::EndpointSlice]) {
-        let mut now = BTreeMap::new();
-        for slice in slices {
-            let Some(trigger) = slice
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(crate::observe::LAST_CHANGE_TRIGGER_TIME))
-            else {
-                continue;
-            };
-            let key = (
-                slice.metadata.namespace.clone().unwrap_or_default(),
-                slice.metadata.name.clone().unwrap_or_default(),
-            );
-            if self.programmed.get(&key) != Some(trigger) {
-                self.observer.network_programmed_annotation(Some(trigger));
-            }
-            now.insert(key, trigger.clone());
+        if !now.is_empty() {
+            self.unserved_of.insert(name.clone(), now);
         }
-        self.programmed = now;
     }
 
     fn report_metrics(&self, frontends: usize, report: &SyncReport, full: bool, took: Duration) {
@@ -431,13 +600,44 @@ impl Controller {
 }
 
 /// The maps beside the frontend maps. They need no bank protocol: an entry is written before
-/// the frontends that use it and removed after the last one is gone, so a frontend never
-/// consults a half-written set.
+/// the frontends that use it and removed after the last one is gone.
 #[derive(Debug, Default, PartialEq)]
 struct SideMaps {
     source_ranges: BTreeMap<SourceRangeEntry, ()>,
     vips: BTreeMap<u32, ()>,
     meta: BTreeMap<ServiceKey, FrontendMeta>,
+}
+
+/// Keys of the side maps: those one Service contributes, or those changed since the last
+/// write.
+#[derive(Debug, Default)]
+struct SideKeys {
+    source_ranges: BTreeSet<SourceRangeEntry>,
+    vips: BTreeSet<u32>,
+    meta: BTreeSet<ServiceKey>,
+}
+
+impl SideKeys {
+    fn is_empty(&self) -> bool {
+        self.source_ranges.is_empty() && self.vips.is_empty() && self.meta.is_empty()
+    }
+}
+
+/// One Service's side-map entries.
+#[derive(Debug, Default)]
+struct SideKeysWithValues {
+    source_ranges: Vec<SourceRangeEntry>,
+    vips: Vec<u32>,
+    meta: Vec<(ServiceKey, FrontendMeta)>,
+}
+
+impl SideKeysWithValues {
+    fn add(mut self, side: crate::dataplane::layout::FrontendSide) -> Self {
+        self.source_ranges.extend(side.source_ranges);
+        self.vips.extend(side.vip);
+        self.meta.extend(side.meta);
+        self
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -449,17 +649,6 @@ enum Phase {
 }
 
 impl SideMaps {
-    fn desired(state: &DesiredState, node: &NodeContext) -> Self {
-        Self {
-            source_ranges: desired_source_ranges(state, &node.node_addresses)
-                .into_iter()
-                .map(|k| (k, ()))
-                .collect(),
-            vips: desired_vips(state).into_iter().map(|k| (k, ())).collect(),
-            meta: desired_meta(state),
-        }
-    }
-
     fn read(maps: &PinnedMaps) -> Self {
         Self {
             source_ranges: maps.source_range_entries(),
@@ -468,40 +657,72 @@ impl SideMaps {
         }
     }
 
-    /// Moves `self` (the mirror of what was written) and the kernel towards `desired`.
-    fn sync(&mut self, desired: &Self, phase: Phase, maps: &mut PinnedMaps, metrics: &Metrics) {
+    /// Moves `self` (the mirror of what was written) and the kernel towards `desired`, for the
+    /// keys in `scope`, or for every key.
+    fn sync(
+        &mut self,
+        desired: &Self,
+        scope: Option<&SideKeys>,
+        phase: Phase,
+        maps: &mut PinnedMaps,
+        metrics: &Metrics,
+    ) {
         sync_entries(
             &mut self.source_ranges,
             &desired.source_ranges,
+            scope.map(|s| &s.source_ranges),
             phase,
             metrics,
             |k, v| maps.set_source_range(k, v),
         );
-        sync_entries(&mut self.vips, &desired.vips, phase, metrics, |k, v| {
-            maps.set_vip(k, v)
-        });
-        sync_entries(&mut self.meta, &desired.meta, phase, metrics, |k, v| {
-            maps.set_meta(k, v)
-        });
+        sync_entries(
+            &mut self.vips,
+            &desired.vips,
+            scope.map(|s| &s.vips),
+            phase,
+            metrics,
+            |k, v| maps.set_vip(k, v),
+        );
+        sync_entries(
+            &mut self.meta,
+            &desired.meta,
+            scope.map(|s| &s.meta),
+            phase,
+            metrics,
+            |k, v| maps.set_meta(k, v),
+        );
     }
 }
 
-/// One phase of bringing a key → value map towards `desired`, keeping `mirror` equal to what
-/// was written. A failed write is logged and counted, and retried at the next sync.
+/// One phase of bringing a key → value map towards `desired` (only `scope`'s keys when
+/// given), keeping `mirror` equal to what was written. A failed write is logged and counted,
+/// and retried at the next full sync.
 fn sync_entries<K: Ord + Copy + std::fmt::Debug, V: Copy + PartialEq>(
     mirror: &mut BTreeMap<K, V>,
     desired: &BTreeMap<K, V>,
+    scope: Option<&BTreeSet<K>>,
     phase: Phase,
     metrics: &Metrics,
     mut write: impl FnMut(K, Option<V>) -> Result<(), plan::StoreError>,
 ) {
-    let changes: Vec<(K, Option<V>)> = match phase {
-        Phase::Upsert => desired
+    let changes: Vec<(K, Option<V>)> = match (phase, scope) {
+        (Phase::Upsert, Some(keys)) => keys
+            .iter()
+            .filter_map(|k| desired.get(k).map(|v| (*k, *v)))
+            .filter(|(k, v)| mirror.get(k) != Some(v))
+            .map(|(k, v)| (k, Some(v)))
+            .collect(),
+        (Phase::Upsert, None) => desired
             .iter()
             .filter(|(k, v)| mirror.get(k) != Some(v))
             .map(|(k, v)| (*k, Some(*v)))
             .collect(),
-        Phase::Remove => mirror
+        (Phase::Remove, Some(keys)) => keys
+            .iter()
+            .filter(|k| !desired.contains_key(k) && mirror.contains_key(k))
+            .map(|k| (*k, None))
+            .collect(),
+        (Phase::Remove, None) => mirror
             .keys()
             .filter(|k| !desired.contains_key(k))
             .map(|k| (*k, None))

@@ -5,6 +5,7 @@ pub mod cli;
 pub mod config;
 pub mod controller;
 pub mod dataplane;
+pub mod fast;
 pub mod inspect;
 pub mod maglev;
 pub mod model;

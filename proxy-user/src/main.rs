@@ -1,4 +1,4 @@
-use std::{net::IpAddr, sync::Arc, time::Duration};
+use std::{net::IpAddr, time::Duration};
 
 use anyhow::{Context as _, bail};
 use clap::{CommandFactory as _, Parser as _};
@@ -17,7 +17,7 @@ use sluice::{
     inspect,
     model::NodeContext,
     observe::{self, Observer, Servers},
-    source::{Inputs, kube, manifests},
+    source::{Feed, kube, manifests},
 };
 use tracing::{info, warn};
 
@@ -208,13 +208,14 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             let _ = stop.wait_for(|s| *s).await;
         }));
 
-        let (tx, rx) = tokio::sync::watch::channel(Arc::new(Inputs::default()));
+        let feed = Feed::new();
+        let rx = feed.subscribe();
         let source = match config.manifests_dir.clone() {
             Some(dir) => {
                 info!(dir = %dir.display(), "serving Services from a manifests folder");
                 let metrics = observer.metrics.clone();
                 tokio::spawn(async move {
-                    manifests::watch(dir, args.poll_interval, tx, move |problems| {
+                    manifests::watch(dir, args.poll_interval, feed, move |problems| {
                         for _ in 0..problems {
                             metrics.record_skipped("malformed_manifest");
                         }
@@ -227,7 +228,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 let client =
                     kube::client_from(config.client_connection.kubeconfig.as_deref()).await?;
                 info!(node = %node_name, "watching the Kubernetes API");
-                tokio::spawn(kube::run(client, node_name, tx))
+                tokio::spawn(kube::run(client, node_name, feed))
             }
         };
         let controller = match datapath {

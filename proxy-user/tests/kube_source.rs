@@ -5,18 +5,24 @@
 mod fake_apiserver;
 
 use std::{
+    collections::BTreeMap,
     future::Future,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use fake_apiserver::{FakeApiServer, Kind, Outcome};
+use k8s_openapi::api::core::v1::Node;
 use serde_json::{Value, json};
-use sluice::source::{
-    Inputs,
-    kube::{KubeCounters, KubeSource, client_from},
+use sluice::{
+    config::Scheduler,
+    model::{NodeContext, ServiceInput, ServiceName, SliceInput, translate_input},
+    source::{
+        Feed, FeedRx,
+        kube::{KubeCounters, KubeSource, client_from},
+    },
 };
-use tokio::{sync::watch, task::JoinHandle};
+use tokio::task::JoinHandle;
 
 const NODE: &str = "node-a";
 /// Generous: the watcher's first retry waits 0.8 s plus jitter, the next ones up to twice that.
@@ -79,40 +85,50 @@ fn populate(server: &FakeApiServer) {
     server.apply(node("node-b", "zone-b"));
 }
 
+/// What the source has published so far, as a consumer of the feed sees it.
+#[derive(Clone, Debug, Default)]
+struct Inputs {
+    services: BTreeMap<ServiceName, Arc<ServiceInput>>,
+    slices: BTreeMap<ServiceName, Arc<SliceInput>>,
+    node: Option<Arc<Node>>,
+}
+
+impl Inputs {
+    fn take_from(&mut self, rx: &mut FeedRx) {
+        let changes = rx.take();
+        for (name, service) in changes.services {
+            match service {
+                Some(service) => self.services.insert(name, service),
+                None => self.services.remove(&name),
+            };
+        }
+        for (name, slice) in changes.slices {
+            match slice {
+                Some(slice) => self.slices.insert(name, slice),
+                None => self.slices.remove(&name),
+            };
+        }
+        if let Some(node) = changes.node {
+            self.node = node;
+        }
+    }
+}
+
 fn service_names(inputs: &Inputs) -> Vec<String> {
-    inputs
-        .services
-        .iter()
-        .map(|s| {
-            format!(
-                "{}/{}",
-                s.metadata.namespace.as_deref().unwrap_or(""),
-                s.metadata.name.as_deref().unwrap_or("")
-            )
-        })
-        .collect()
+    inputs.services.keys().map(ToString::to_string).collect()
 }
 
 fn slice_names(inputs: &Inputs) -> Vec<String> {
-    inputs
-        .slices
-        .iter()
-        .map(|s| {
-            format!(
-                "{}/{}",
-                s.metadata.namespace.as_deref().unwrap_or(""),
-                s.metadata.name.as_deref().unwrap_or("")
-            )
-        })
-        .collect()
+    inputs.slices.keys().map(ToString::to_string).collect()
 }
 
 fn slice_addresses(inputs: &Inputs, name: &str) -> Vec<String> {
     inputs
         .slices
         .iter()
-        .filter(|s| s.metadata.name.as_deref() == Some(name))
-        .flat_map(|s| s.endpoints.iter().flat_map(|e| e.addresses.clone()))
+        .filter(|(n, _)| &*n.name == name)
+        .flat_map(|(_, s)| s.endpoints.iter().filter_map(|e| e.address))
+        .map(|a| a.to_string())
         .collect()
 }
 
@@ -133,7 +149,8 @@ async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
 }
 
 struct Running {
-    rx: watch::Receiver<Arc<Inputs>>,
+    rx: FeedRx,
+    seen: Inputs,
     counters: Arc<KubeCounters>,
     task: JoinHandle<anyhow::Result<()>>,
 }
@@ -146,25 +163,38 @@ impl Drop for Running {
 
 impl Running {
     fn start(client: kube::Client) -> Self {
-        let (tx, rx) = watch::channel(Arc::new(Inputs::default()));
+        let feed = Feed::new();
+        let rx = feed.subscribe();
         let source = KubeSource::new(client, NODE);
         let counters = source.counters();
-        let task = tokio::spawn(source.run(tx));
-        Self { rx, counters, task }
+        let task = tokio::spawn(source.run(feed));
+        Self {
+            rx,
+            seen: Inputs::default(),
+            counters,
+            task,
+        }
     }
 
-    async fn first_snapshot(&mut self) -> Arc<Inputs> {
-        within("the first snapshot", self.rx.changed())
+    async fn first_snapshot(&mut self) -> Inputs {
+        within("the first publication", self.rx.changed())
             .await
             .expect("source stopped");
-        self.rx.borrow_and_update().clone()
+        self.seen.take_from(&mut self.rx);
+        self.seen.clone()
     }
 
-    async fn wait_for(&mut self, what: &str, mut pred: impl FnMut(&Inputs) -> bool) -> Arc<Inputs> {
-        within(what, self.rx.wait_for(|i| pred(i)))
-            .await
-            .expect("source stopped")
-            .clone()
+    async fn wait_for(&mut self, what: &str, mut pred: impl FnMut(&Inputs) -> bool) -> Inputs {
+        within(what, async {
+            loop {
+                self.seen.take_from(&mut self.rx);
+                if pred(&self.seen) {
+                    return self.seen.clone();
+                }
+                self.rx.changed().await.expect("source stopped");
+            }
+        })
+        .await
     }
 }
 
@@ -173,7 +203,7 @@ fn client(server: &FakeApiServer) -> kube::Client {
     kube::Client::try_from(config).unwrap()
 }
 
-async fn started() -> (FakeApiServer, Running, Arc<Inputs>) {
+async fn started() -> (FakeApiServer, Running, Inputs) {
     init_tracing();
     let server = FakeApiServer::start().await;
     populate(&server);
@@ -228,10 +258,15 @@ async fn the_first_snapshot_waits_for_all_three_lists_and_holds_exactly_the_obje
     })
     .await;
     assert!(
-        !source.rx.has_changed().unwrap(),
+        !source.rx.has_changed(),
         "published before the Node list completed"
     );
-    assert_eq!(source.counters.snapshots(), 0);
+    assert_eq!(
+        source.rx.feed().pending(),
+        (0, 0),
+        "recorded before the Node list completed"
+    );
+    assert_eq!(source.counters.publications(), 0);
 
     server.release_lists(Kind::Node);
     let first = source.first_snapshot().await;
@@ -240,7 +275,7 @@ async fn the_first_snapshot_waits_for_all_three_lists_and_holds_exactly_the_obje
     let node = first.node.as_ref().expect("this node");
     assert_eq!(node.metadata.name.as_deref(), Some(NODE));
     assert_eq!(slice_addresses(&first, "web-abc"), ["10.0.0.1", "10.0.0.2"]);
-    assert_eq!(source.counters.snapshots(), 1);
+    assert_eq!(source.counters.publications(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -343,8 +378,7 @@ async fn modified_added_and_deleted_objects_show_up_in_later_snapshots() {
 
     // Dropping the receiver stops the source.
     let Running { rx, task, .. } = &mut source;
-    let (_, placeholder) = watch::channel(Arc::new(Inputs::default()));
-    drop(std::mem::replace(rx, placeholder));
+    drop(std::mem::replace(rx, Feed::new().subscribe()));
     let ended = within("the source to stop", task).await;
     assert!(matches!(ended, Ok(Ok(()))), "{ended:?}");
 }
@@ -439,18 +473,18 @@ async fn a_410_error_event_on_an_open_watch_causes_a_relist_with_a_correct_snaps
 async fn resume_after_compaction(gone_as_http: bool) {
     let (server, mut source, first) = started().await;
     server.set_gone_as_http(gone_as_http);
-    let published = source.counters.snapshots();
+    let published = source.counters.publications();
     server.stop().await;
 
     server.delete(Kind::Service, "shop", "cart");
     server.delete(Kind::EndpointSlice, "shop", "cart-xyz");
     server.apply(service("default", "api", "10.96.0.40"));
     server.compact();
-    assert_eq!(
-        service_names(&source.rx.borrow()),
-        service_names(&first),
+    assert!(
+        !source.rx.has_changed(),
         "nothing new while the server is away"
     );
+    assert_eq!(service_names(&source.seen), service_names(&first));
     server.restart().await;
 
     let inputs = source
@@ -460,7 +494,7 @@ async fn resume_after_compaction(gone_as_http: bool) {
         })
         .await;
     assert!(inputs.node.is_some());
-    assert!(source.counters.snapshots() > published);
+    assert!(source.counters.publications() > published);
     let requests = server.requests();
     assert!(
         requests
@@ -538,14 +572,14 @@ async fn bookmarks_move_the_resume_point_past_changes_to_other_kinds() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn published_objects_have_no_managed_fields_and_only_allowed_annotations() {
+async fn published_objects_carry_what_the_model_reads_and_the_node_is_slimmed() {
     init_tracing();
     let server = FakeApiServer::start().await;
     populate(&server);
     let annotations = json!({
         "kubectl.kubernetes.io/last-applied-configuration": "{\"big\": true}",
         "service.kubernetes.io/topology-mode": "Auto",
-        "sluice.dev/scheduler": "maglev",
+        "sluice.dev/scheduler": "mh",
         "example.com/owner": "team-a",
     });
     let managed = json!([{"manager": "kubectl", "operation": "Apply", "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {}}}]);
@@ -568,35 +602,23 @@ async fn published_objects_have_no_managed_fields_and_only_allowed_annotations()
 
     let mut source = Running::start(client(&server));
     let first = source.first_snapshot().await;
-    let web = first
-        .services
-        .iter()
-        .find(|s| s.metadata.name.as_deref() == Some("web"))
-        .unwrap();
-    assert_eq!(web.metadata.managed_fields, None);
-    let kept: Vec<_> = web.metadata.annotations.as_ref().unwrap().keys().collect();
-    // Only what the model reads survives (it follows kube-proxy in not reading topology-mode).
-    assert_eq!(kept, ["sluice.dev/scheduler"]);
-    let slice = first
-        .slices
-        .iter()
-        .find(|s| s.metadata.name.as_deref() == Some("web-abc"))
-        .unwrap();
-    assert_eq!(slice.metadata.managed_fields, None);
-    let kept: Vec<_> = slice
-        .metadata
-        .annotations
-        .as_ref()
-        .unwrap()
-        .keys()
-        .collect();
-    assert_eq!(kept, ["endpoints.kubernetes.io/last-change-trigger-time"]);
+    // Services and slices arrive converted: only what the model reads is there at all.
+    let scheduler = |inputs: &Inputs, name: &str| {
+        let service = &inputs.services[&ServiceName::new("default", name)];
+        let translated = translate_input(service, &[], &NodeContext::default())
+            .unwrap()
+            .unwrap();
+        translated.frontends[0].scheduler
+    };
+    assert_eq!(scheduler(&first, "web"), Some(Scheduler::Maglev));
+    let slice = &first.slices[&ServiceName::new("default", "web-abc")];
+    assert_eq!(slice.trigger_time.as_deref(), Some("2025-01-01T00:00:00Z"));
     let node = first.node.as_ref().unwrap();
     assert_eq!(node.metadata.managed_fields, None);
     assert_eq!(node.metadata.annotations, None);
     assert_eq!(node.status.as_ref().unwrap().images, None);
 
-    // Objects arriving through the watch are slimmed too.
+    // Objects arriving through the watch are converted too.
     let mut svc = service("default", "api", "10.96.0.40");
     svc["metadata"]["annotations"] = annotations;
     server.apply(svc);
@@ -605,18 +627,13 @@ async fn published_objects_have_no_managed_fields_and_only_allowed_annotations()
             service_names(i).contains(&"default/api".into())
         })
         .await;
-    let api = inputs
-        .services
-        .iter()
-        .find(|s| s.metadata.name.as_deref() == Some("api"))
-        .unwrap();
-    assert_eq!(api.metadata.annotations.as_ref().unwrap().len(), 1);
+    assert_eq!(scheduler(&inputs, "api"), Some(Scheduler::Maglev));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_the_server_is_down_the_last_snapshot_stays_and_nothing_is_published() {
     let (server, mut source, first) = started().await;
-    let published = source.counters.snapshots();
+    let published = source.counters.publications();
     let errors_before = source.counters.services.errors();
     server.stop().await;
 
@@ -626,16 +643,15 @@ async fn while_the_server_is_down_the_last_snapshot_stays_and_nothing_is_publish
     })
     .await;
     assert_eq!(
-        source.counters.snapshots(),
+        source.counters.publications(),
         published,
         "published while down"
     );
-    assert!(!source.rx.has_changed().unwrap());
-    let current = source.rx.borrow().clone();
-    assert!(Arc::ptr_eq(&current, &first), "still the first snapshot");
-    assert_eq!(service_names(&current), ["default/web", "shop/cart"]);
-    assert_eq!(current.slices.len(), 2);
-    assert!(current.node.is_some());
+    assert!(!source.rx.has_changed());
+    assert_eq!(source.rx.feed().pending(), (0, 0), "recorded while down");
+    assert_eq!(service_names(&first), ["default/web", "shop/cart"]);
+    assert_eq!(first.slices.len(), 2);
+    assert!(first.node.is_some());
 
     server.restart().await;
     server.apply(service("default", "api", "10.96.0.40"));
@@ -653,9 +669,9 @@ async fn while_the_server_is_down_the_last_snapshot_stays_and_nothing_is_publish
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_burst_of_events_is_published_in_a_few_snapshots() {
+async fn a_burst_of_events_is_published_in_a_few_publications() {
     let (server, mut source, _) = started().await;
-    let before = source.counters.snapshots();
+    let before = source.counters.publications();
     let start = Instant::now();
     const BURST: usize = 2000;
     for i in 0..BURST {
@@ -669,16 +685,16 @@ async fn a_burst_of_events_is_published_in_a_few_snapshots() {
         .wait_for("the whole burst", |i| i.services.len() == BURST + 2)
         .await;
     let elapsed = start.elapsed();
-    let published = source.counters.snapshots() - before;
+    let published = source.counters.publications() - before;
     assert!(inputs.services.len() == BURST + 2);
     let allowed = elapsed.as_millis() as u64 / 10 + 1;
     assert!(
         published <= allowed,
-        "{published} snapshots in {elapsed:?} (at most one per 10 ms)"
+        "{published} publications in {elapsed:?} (at most one per 10 ms)"
     );
     assert!(
         published < BURST as u64 / 4,
-        "{published} snapshots for {BURST} events"
+        "{published} publications for {BURST} events"
     );
     assert_eq!(source.counters.services.events(), (BURST + 2) as u64);
 }

@@ -51,8 +51,32 @@ pub fn desired_maps(
     default_scheduler: Scheduler,
 ) -> (DesiredMaps, Vec<(FrontendKey, Unserved)>) {
     let mut maps = DesiredMaps::new();
+    let mut unserved = Vec::new();
+    for frontends in state.services.values() {
+        let layout = service_entries(frontends, default_scheduler);
+        maps.extend(layout.entries);
+        unserved.extend(layout.unserved);
+    }
+    (maps, unserved)
+}
+
+/// One Service's part of the maps.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceLayout {
+    pub entries: Vec<(ServiceKey, FrontendEntry)>,
+    /// Its frontends the datapath cannot serve (yet), for the caller to report.
+    pub unserved: Vec<(FrontendKey, Unserved)>,
+}
+
+/// The map entries of one Service's frontends. A Service's entries depend on nothing but its
+/// own frontends, so one Service's change is laid out on its own.
+pub fn service_entries<'a>(
+    frontends: impl IntoIterator<Item = &'a Frontend>,
+    default_scheduler: Scheduler,
+) -> ServiceLayout {
+    let mut entries = Vec::new();
     let mut unsupported = Vec::new();
-    for frontend in state.frontends() {
+    for frontend in frontends {
         let Some(key) = service_key(&frontend.key) else {
             unsupported.push((frontend.key, Unserved::Ipv6));
             continue;
@@ -62,16 +86,15 @@ pub fn desired_maps(
             unsupported.push((frontend.key, Unserved::Maglev));
         }
         match frontend.key.scope {
-            Scope::Both => {
-                maps.insert(key, entry);
-            }
+            Scope::Both => entries.push((key, entry)),
             Scope::Internal | Scope::External => {
                 let scope = if frontend.key.scope == Scope::Internal {
                     scope::INTERNAL
                 } else {
                     scope::EXTERNAL
                 };
-                maps.insert(
+                // Both scopes of a split frontend push the marker; one is kept below.
+                entries.push((
                     key,
                     FrontendEntry {
                         backends: Vec::new(),
@@ -79,12 +102,42 @@ pub fn desired_maps(
                         flags: service_flags::SPLIT_SCOPES,
                         affinity_timeout: 0,
                     },
-                );
-                maps.insert(key.with_scope(scope), entry);
+                ));
+                entries.push((key.with_scope(scope), entry));
             }
         }
     }
-    (maps, unsupported)
+    entries.sort_by_key(|(k, _)| *k);
+    entries.dedup_by_key(|(k, _)| *k);
+    ServiceLayout {
+        entries,
+        unserved: unsupported,
+    }
+}
+
+/// One frontend's entries in the maps beside the frontend maps.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FrontendSide {
+    /// Its address for `SLUICE_VIPS4`, if it is an IPv4 ClusterIP.
+    pub vip: Option<u32>,
+    pub source_ranges: Vec<SourceRangeEntry>,
+    pub meta: Vec<(ServiceKey, FrontendMeta)>,
+}
+
+/// [`FrontendSide`] of one frontend (see [`desired_vips`], [`desired_source_ranges`],
+/// [`desired_meta`] for what each part is).
+pub fn frontend_side(frontend: &Frontend, node_addresses: &[IpAddr]) -> FrontendSide {
+    let one = DesiredState {
+        services: BTreeMap::from([(frontend.service.clone(), vec![frontend.clone()])]),
+        ..DesiredState::default()
+    };
+    FrontendSide {
+        vip: desired_vips(&one).into_iter().next(),
+        source_ranges: desired_source_ranges(&one, node_addresses)
+            .into_iter()
+            .collect(),
+        meta: desired_meta(&one).into_iter().collect(),
+    }
 }
 
 /// The ClusterIPs (IPv4, network byte order) for `SLUICE_VIPS4`: traffic to one of them on a

@@ -12,6 +12,8 @@ use std::{
     path::Path,
 };
 
+use super::sys::bpf;
+
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_LINK_DETACH: libc::c_long = 34;
 
@@ -25,24 +27,6 @@ struct ObjGetAttr {
 #[repr(C)]
 struct LinkDetachAttr {
     link_fd: u32,
-}
-
-fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
-    // SAFETY: `attr` is a live, correctly laid out bpf_attr prefix for `cmd`, and its size is
-    // passed so the kernel reads no further.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr as *mut T,
-            std::mem::size_of::<T>() as libc::c_uint,
-        )
-    };
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
 }
 
 /// Detaches the link pinned at `pin` from its hook now. The pin itself is left in place.

@@ -6,6 +6,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     io,
+    os::fd::{AsFd as _, OwnedFd},
     path::{Path, PathBuf},
 };
 
@@ -19,6 +20,7 @@ use proxy_common::{
 };
 
 use super::{
+    batch::{self, BatchError},
     layout::SourceRangeEntry,
     plan::{MapStore, Op, StoreError},
     settings::DatapathSettings,
@@ -57,6 +59,34 @@ pub struct PinnedMaps {
     pub meta: HashMap<MapData, ServiceKey, FrontendMeta>,
     pub frontend_stats: PerCpuHashMap<MapData, ServiceKey, TrafficCounters>,
     pub backend_stats: PerCpuHashMap<MapData, Backend, TrafficCounters>,
+    /// The service, slot and backend maps again, for batch reads and writes.
+    batch: BatchFds,
+}
+
+struct BatchFds {
+    services: OwnedFd,
+    slots: OwnedFd,
+    backends: OwnedFd,
+    /// Reused between calls: a cold sync makes two hundred thousand of them.
+    slot_keys: Vec<SlotKey>,
+    slot_values: Vec<u32>,
+    backend_keys: Vec<u32>,
+    backend_values: Vec<Backend>,
+    /// Set when the kernel refused a batch: from then on, one element per call.
+    unsupported: bool,
+}
+
+fn duplicate(map: &MapData, dir: &Path, name: &str) -> Result<OwnedFd, OpenError> {
+    map.fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| OpenError::Other {
+            path: dir.join(name),
+            source: MapError::SyscallError(aya::sys::SyscallError {
+                call: "dup",
+                io_error: e,
+            }),
+        })
 }
 
 fn open(dir: &Path, name: &str) -> Result<MapData, OpenError> {
@@ -86,12 +116,25 @@ fn other(dir: &Path, name: &str) -> impl Fn(MapError) -> OpenError {
 impl PinnedMaps {
     pub fn open(dir: &Path) -> Result<Self, OpenError> {
         use map_names::*;
+        let (services, slots, backends) = (
+            open(dir, SERVICES)?,
+            open(dir, SLOTS)?,
+            open(dir, BACKENDS)?,
+        );
+        let batch = BatchFds {
+            services: duplicate(&services, dir, SERVICES)?,
+            slots: duplicate(&slots, dir, SLOTS)?,
+            backends: duplicate(&backends, dir, BACKENDS)?,
+            slot_keys: Vec::new(),
+            slot_values: Vec::new(),
+            backend_keys: Vec::new(),
+            backend_values: Vec::new(),
+            unsupported: false,
+        };
         Ok(Self {
-            services: HashMap::try_from(Map::HashMap(open(dir, SERVICES)?))
-                .map_err(other(dir, SERVICES))?,
-            slots: HashMap::try_from(Map::HashMap(open(dir, SLOTS)?)).map_err(other(dir, SLOTS))?,
-            backends: HashMap::try_from(Map::HashMap(open(dir, BACKENDS)?))
-                .map_err(other(dir, BACKENDS))?,
+            services: HashMap::try_from(Map::HashMap(services)).map_err(other(dir, SERVICES))?,
+            slots: HashMap::try_from(Map::HashMap(slots)).map_err(other(dir, SLOTS))?,
+            backends: HashMap::try_from(Map::HashMap(backends)).map_err(other(dir, BACKENDS))?,
             conntrack: HashMap::try_from(Map::LruHashMap(open(dir, CONNTRACK)?))
                 .map_err(other(dir, CONNTRACK))?,
             stats: PerCpuArray::try_from(Map::PerCpuArray(open(dir, STATS)?))
@@ -107,6 +150,7 @@ impl PinnedMaps {
                 .map_err(other(dir, FRONTEND_STATS))?,
             backend_stats: PerCpuHashMap::try_from(Map::PerCpuHashMap(open(dir, BACKEND_STATS)?))
                 .map_err(other(dir, BACKEND_STATS))?,
+            batch,
         })
     }
 
@@ -125,7 +169,7 @@ impl PinnedMaps {
             Some(meta) => self.meta.insert(key, meta, 0),
             None => ignore_missing(self.meta.remove(&key)),
         };
-        result.map_err(|e| store_error(map_names::META, "maps.services", e))
+        result.map_err(|e| map_store_error(map_names::META, "maps.services", e))
     }
 
     /// Traffic per frontend, summed over CPUs.
@@ -180,7 +224,7 @@ impl PinnedMaps {
             Some(()) => self.vips.insert(addr, 0, 0),
             None => ignore_missing(self.vips.remove(&addr)),
         };
-        result.map_err(|e| store_error(map_names::VIPS, "maps.services", e))
+        result.map_err(|e| map_store_error(map_names::VIPS, "maps.services", e))
     }
 
     /// The `loadBalancerSourceRanges` entries in the kernel.
@@ -203,7 +247,7 @@ impl PinnedMaps {
             Some(()) => self.source_ranges.insert(&key, 1, 0),
             None => ignore_missing(self.source_ranges.remove(&key)),
         };
-        result.map_err(|e| match store_error(map_names::SOURCE_RANGES, "", e) {
+        result.map_err(|e| match map_store_error(map_names::SOURCE_RANGES, "", e) {
             // Its size is fixed: there is no setting to name.
             StoreError::Full { map, .. } => StoreError::Kernel {
                 map,
@@ -248,12 +292,19 @@ impl PinnedMaps {
     /// Reads the service, slot and backend maps. Entries that vanish while being read are
     /// skipped: a snapshot is a best-effort image that the next reconcile corrects.
     pub fn snapshot(&self) -> Snapshot {
-        Snapshot {
-            services: self.services.iter().filter_map(Result::ok).collect(),
-            slots: self.slots.iter().filter_map(Result::ok).collect(),
-            backends: self.backends.iter().filter_map(Result::ok).collect(),
-            limits: None,
-        }
+        let services = match batch::read_all(self.batch.services.as_fd()) {
+            Some(all) => all.into_iter().collect(),
+            None => self.services.iter().filter_map(Result::ok).collect(),
+        };
+        let slots = match batch::read_all(self.batch.slots.as_fd()) {
+            Some(all) => all.into_iter().collect(),
+            None => self.slots.iter().filter_map(Result::ok).collect(),
+        };
+        let backends = match batch::read_all(self.batch.backends.as_fd()) {
+            Some(all) => all.into_iter().collect(),
+            None => self.backends.iter().filter_map(Result::ok).collect(),
+        };
+        Snapshot::new(services, slots, backends)
     }
 
     /// Conntrack entries (for inspection and tests).
@@ -282,7 +333,93 @@ impl MapStore for PinnedMaps {
             Op::DeleteSlot(k) => (SLOTS, "", ignore_missing(self.slots.remove(k))),
             Op::DeleteBackend(k) => (BACKENDS, "", ignore_missing(self.backends.remove(k))),
         };
-        result.map_err(|e| store_error(map, setting, e))
+        result.map_err(|e| match e {
+            MapError::SyscallError(s) => store_error(map, setting, s.io_error),
+            other => StoreError::Kernel {
+                map,
+                source: io::Error::other(other.to_string()),
+            },
+        })
+    }
+
+    /// Writes each run of puts to one map with one batch call, so a frontend's group costs
+    /// three calls (backends, slots, master entry) rather than one per entry; the order of
+    /// the writes, which the update protocol depends on, is unchanged.
+    fn apply_all(&mut self, ops: &[Op]) -> Result<(), (usize, StoreError)> {
+        let mut done = 0;
+        for run in ops.chunk_by(|a, b| std::mem::discriminant(a) == std::mem::discriminant(b)) {
+            self.apply_run(run).map_err(|(n, e)| (done + n, e))?;
+            done += run.len();
+        }
+        Ok(())
+    }
+}
+
+impl PinnedMaps {
+    /// `run`: writes of one kind.
+    fn apply_run(&mut self, run: &[Op]) -> Result<(), (usize, StoreError)> {
+        use map_names::*;
+        if run.len() > 1 && !self.batch.unsupported {
+            let result = match run[0] {
+                Op::PutBackend(..) => {
+                    let b = &mut self.batch;
+                    let (keys, values) = (&mut b.backend_keys, &mut b.backend_values);
+                    keys.clear();
+                    values.clear();
+                    for op in run {
+                        if let Op::PutBackend(k, v) = op {
+                            keys.push(*k);
+                            values.push(*v);
+                        }
+                    }
+                    let result = batch::update(b.backends.as_fd(), keys, values);
+                    Some((BACKENDS, "maps.backends", result))
+                }
+                Op::PutSlot(..) => {
+                    let b = &mut self.batch;
+                    let (keys, values) = (&mut b.slot_keys, &mut b.slot_values);
+                    keys.clear();
+                    values.clear();
+                    for op in run {
+                        if let Op::PutSlot(k, v) = op {
+                            keys.push(*k);
+                            values.push(*v);
+                        }
+                    }
+                    let result = batch::update(b.slots.as_fd(), keys, values);
+                    Some((SLOTS, "maps.slots", result))
+                }
+                // A group has one master entry, written on its own so that it flips the
+                // frontend in one element update.
+                Op::PutService(..)
+                | Op::DeleteService(_)
+                | Op::DeleteSlot(_)
+                | Op::DeleteBackend(_) => None,
+            };
+            match result {
+                Some((_, _, Ok(()))) => return Ok(()),
+                Some((map, setting, Err(BatchError::Failed { written, error }))) => {
+                    return Err((written, store_error(map, setting, error)));
+                }
+                Some((_, _, Err(BatchError::Unsupported))) => self.batch.unsupported = true,
+                None => {}
+            }
+        }
+        for (done, op) in run.iter().enumerate() {
+            self.apply(op).map_err(|e| (done, e))?;
+        }
+        Ok(())
+    }
+}
+
+/// [`store_error`] for an aya error.
+fn map_store_error(map: &'static str, setting: &'static str, e: MapError) -> StoreError {
+    match e {
+        MapError::SyscallError(s) => store_error(map, setting, s.io_error),
+        other => StoreError::Kernel {
+            map,
+            source: io::Error::other(other.to_string()),
+        },
     }
 }
 
@@ -305,22 +442,12 @@ fn sum_per_cpu<K: Ord>(
         .collect()
 }
 
-fn store_error(map: &'static str, setting: &'static str, e: MapError) -> StoreError {
-    match e {
-        // The kernel answers E2BIG (hash maps) or ENOSPC (LPM tries) when a map is full.
-        MapError::SyscallError(s)
-            if matches!(s.io_error.raw_os_error(), Some(libc::E2BIG | libc::ENOSPC)) =>
-        {
-            StoreError::Full { map, setting }
-        }
-        MapError::SyscallError(s) => StoreError::Kernel {
-            map,
-            source: s.io_error,
-        },
-        other => StoreError::Kernel {
-            map,
-            source: io::Error::other(other.to_string()),
-        },
+fn store_error(map: &'static str, setting: &'static str, error: io::Error) -> StoreError {
+    // The kernel answers E2BIG (hash maps) or ENOSPC (LPM tries) when a map is full.
+    if matches!(error.raw_os_error(), Some(libc::E2BIG | libc::ENOSPC)) {
+        StoreError::Full { map, setting }
+    } else {
+        StoreError::Kernel { map, source: error }
     }
 }
 

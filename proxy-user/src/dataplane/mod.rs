@@ -1,6 +1,7 @@
 //! Everything between the desired state and the kernel: the map layout (pure), the update
 //! plan (pure), and the thin layers that load programs and write maps.
 
+mod batch;
 pub mod fallback;
 pub mod layout;
 mod link_detach;
@@ -10,4 +11,5 @@ pub mod plan;
 pub mod probe;
 pub mod settings;
 pub mod snapshot;
+mod sys;
 pub mod trace;

@@ -7,12 +7,20 @@
 //!    A group that fails (a full map) is rolled back whole; the old entry keeps serving.
 //! 2. Then garbage, computed from what is now live: master entries of removed frontends
 //!    first, then slots no live bank uses, then backends no live slot uses.
+//!
+//! A full sync plans every frontend and scans every entry for garbage; an incremental one
+//! plans only the frontends that changed and collects only what they left behind, using the
+//! indexes the [`Snapshot`] keeps.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use proxy_common::{Backend, ServiceKey, ServiceValue, SlotKey, service_flags};
 
-use super::{layout::DesiredMaps, snapshot::Snapshot};
+use super::{
+    layout::{DesiredMaps, FrontendEntry},
+    snapshot::Snapshot,
+};
+use crate::fast::{HashMap, HashSet};
 
 /// One map write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,6 +51,15 @@ pub enum StoreError {
 /// Something that executes map writes: the kernel's maps, or a [`Snapshot`] in tests.
 pub trait MapStore {
     fn apply(&mut self, op: &Op) -> Result<(), StoreError>;
+
+    /// Applies `ops` in order; on failure, returns how many were applied and the error.
+    /// Stores that can write several entries in one call override it.
+    fn apply_all(&mut self, ops: &[Op]) -> Result<(), (usize, StoreError)> {
+        for (done, op) in ops.iter().enumerate() {
+            self.apply(op).map_err(|e| (done, e))?;
+        }
+        Ok(())
+    }
 }
 
 /// The writes that move one frontend to its desired contents.
@@ -54,11 +71,18 @@ pub struct Group {
 
 /// Plans the groups for every frontend in `desired` that differs from `current`.
 pub fn plan_updates(current: &Snapshot, desired: &DesiredMaps) -> Vec<Group> {
-    let mut ids = IdAllocator::new(current);
+    plan_groups(current, desired.iter(), &mut IdAllocator::new(current))
+}
+
+fn plan_groups<'a>(
+    current: &Snapshot,
+    desired: impl Iterator<Item = (&'a ServiceKey, &'a FrontendEntry)>,
+    ids: &mut IdAllocator,
+) -> Vec<Group> {
     let mut groups = Vec::new();
     for (key, entry) in desired {
         let backend_ids: Vec<u32> = entry.backends.iter().map(|b| ids.backend(b)).collect();
-        let mut ops = Vec::new();
+        let mut ops = Vec::with_capacity(2 * backend_ids.len() + 1);
         for (&id, backend) in backend_ids.iter().zip(&entry.backends) {
             if current.backends.get(&id) != Some(backend)
                 && !ops.contains(&Op::PutBackend(id, *backend))
@@ -100,6 +124,45 @@ pub fn plan_updates(current: &Snapshot, desired: &DesiredMaps) -> Vec<Group> {
     groups
 }
 
+/// Plans the deletions that `current` needs once the frontends in `changed` are as desired:
+/// the master entries and slots they no longer use, then the backends no slot uses any more.
+pub fn plan_garbage_of(
+    current: &Snapshot,
+    desired: &DesiredMaps,
+    changed: &BTreeSet<ServiceKey>,
+) -> Vec<Op> {
+    let mut ops = Vec::new();
+    let mut stale_slots = Vec::new();
+    for key in changed {
+        let Some(value) = current.services.get(key) else {
+            continue;
+        };
+        let wanted = desired.contains_key(key);
+        if !wanted {
+            ops.push(Op::DeleteService(*key));
+        }
+        stale_slots.extend(
+            current
+                .slots_of(value.id)
+                .filter(|(k, _)| !wanted || k.bank != value.bank || k.slot >= value.count),
+        );
+    }
+    let mut dropped: HashMap<u32, u32> = HashMap::default();
+    for (key, backend_id) in stale_slots {
+        ops.push(Op::DeleteSlot(*key));
+        *dropped.entry(*backend_id).or_default() += 1;
+    }
+    let refs = |id: &u32| current.index.slot_refs.get(id).copied().unwrap_or(0);
+    let mut orphans: BTreeSet<u32> = dropped
+        .iter()
+        .filter(|(id, n)| refs(id) == **n && current.backends.contains_key(id))
+        .map(|(id, _)| *id)
+        .collect();
+    orphans.extend(current.index.orphans.iter().copied());
+    ops.extend(orphans.into_iter().map(Op::DeleteBackend));
+    ops
+}
+
 /// Plans the deletions that `current` needs once every frontend in it is as desired: entries
 /// nothing live refers to.
 pub fn plan_garbage(current: &Snapshot, desired: &DesiredMaps) -> Vec<Op> {
@@ -109,13 +172,14 @@ pub fn plan_garbage(current: &Snapshot, desired: &DesiredMaps) -> Vec<Op> {
         .filter(|k| !desired.contains_key(k))
         .map(|k| Op::DeleteService(*k))
         .collect();
-    let live: BTreeMap<u32, &ServiceValue> = current
+    let live: HashMap<u32, &ServiceValue> = current
         .services
         .iter()
         .filter(|(k, _)| desired.contains_key(k))
         .map(|(_, v)| (v.id, v))
         .collect();
-    let mut used_backends = BTreeSet::new();
+    let mut used_backends: HashSet<u32> = HashSet::default();
+    used_backends.reserve(current.backends.len());
     for (slot_key, backend_id) in &current.slots {
         let is_live = live
             .get(&slot_key.service_id)
@@ -146,31 +210,91 @@ pub struct SyncReport {
 
 /// Brings `store` (and `mirror`, its in-memory image) to `desired`, group by group, then
 /// collects garbage. A failed group is rolled back and reported; the others proceed.
+/// Considers every frontend and every entry, so it also repairs entries changed behind
+/// Sluice's back once `mirror` is re-read from the kernel.
 pub fn sync(store: &mut impl MapStore, mirror: &mut Snapshot, desired: &DesiredMaps) -> SyncReport {
-    let mut report = SyncReport::default();
-    for group in plan_updates(mirror, desired) {
-        let mut undo: Vec<Op> = Vec::new();
-        let mut failure = None;
-        for op in &group.ops {
-            // A backend another group already wrote in this sync needs no second write.
-            if let Op::PutBackend(id, b) = op
-                && mirror.backends.get(id) == Some(b)
-            {
-                continue;
-            }
-            let previous = inverse(mirror, op);
-            match store.apply(op) {
-                Ok(()) => {
-                    mirror.apply(op).expect("the mirror has no limits");
-                    undo.push(previous);
-                    report.writes += 1;
-                }
-                Err(e) => {
-                    failure = Some(e);
-                    break;
-                }
-            }
+    mirror.reindex();
+    let mut report = plan_and_apply(store, mirror, desired.iter());
+    // Frontends whose update failed keep their old (still complete) entries, and a new one
+    // that failed left nothing behind, so the desired keys are exactly what is live.
+    for op in plan_garbage(mirror, desired) {
+        if store.apply(&op).is_ok() {
+            mirror.apply(&op).expect("the mirror has no limits");
+            report.deletes += 1;
         }
+    }
+    report
+}
+
+/// [`sync`] for the frontends in `changed` only, which may be in `desired` or not (removed):
+/// O(changed frontends and their entries), however many frontends there are. Relies on the
+/// indexes of `mirror`, which the first [`sync`] builds.
+pub fn sync_changed(
+    store: &mut impl MapStore,
+    mirror: &mut Snapshot,
+    desired: &DesiredMaps,
+    changed: &BTreeSet<ServiceKey>,
+) -> SyncReport {
+    let wanted = changed.iter().filter_map(|key| desired.get_key_value(key));
+    let mut report = plan_and_apply(store, mirror, wanted);
+    for op in plan_garbage_of(mirror, desired, changed) {
+        if store.apply(&op).is_ok() {
+            mirror.apply(&op).expect("the mirror has no limits");
+            report.deletes += 1;
+        }
+    }
+    report
+}
+
+/// Plans and applies a chunk of frontends at a time, so that a cold sync of 100,000 never
+/// holds every frontend's writes in memory at once.
+fn plan_and_apply<'a>(
+    store: &mut impl MapStore,
+    mirror: &mut Snapshot,
+    desired: impl Iterator<Item = (&'a ServiceKey, &'a FrontendEntry)>,
+) -> SyncReport {
+    const CHUNK: usize = 1024;
+    let mut report = SyncReport::default();
+    let mut desired = desired.peekable();
+    while desired.peek().is_some() {
+        let mut ids = IdAllocator::new(mirror);
+        let groups = plan_groups(mirror, desired.by_ref().take(CHUNK), &mut ids);
+        (mirror.index.next_backend, mirror.index.next_service) = ids.cursors();
+        let done = apply_groups(store, mirror, groups);
+        report.writes += done.writes;
+        report.failed.extend(done.failed);
+    }
+    report
+}
+
+fn apply_groups(
+    store: &mut impl MapStore,
+    mirror: &mut Snapshot,
+    groups: Vec<Group>,
+) -> SyncReport {
+    let mut report = SyncReport::default();
+    for mut group in groups {
+        // A backend another group already wrote in this sync needs no second write.
+        group.ops.retain(
+            |op| !matches!(op, Op::PutBackend(id, b) if mirror.backends.get(id) == Some(b)),
+        );
+        let (done, failure) = match store.apply_all(&group.ops) {
+            Ok(()) => (group.ops.len(), None),
+            Err((done, error)) => (done, Some(error)),
+        };
+        // A group writes each entry once, so the inverse of each write is read from the
+        // mirror as it was before the group; only a failed group needs them.
+        let undo: Vec<Op> = match failure {
+            Some(_) => group.ops[..done]
+                .iter()
+                .map(|op| inverse(mirror, op))
+                .collect(),
+            None => Vec::new(),
+        };
+        for op in &group.ops[..done] {
+            mirror.apply(op).expect("the mirror has no limits");
+        }
+        report.writes += done;
         if let Some(error) = failure {
             for op in undo.iter().rev() {
                 // Undoing only deletes or restores entries that existed a moment ago, so it
@@ -181,19 +305,6 @@ pub fn sync(store: &mut impl MapStore, mirror: &mut Snapshot, desired: &DesiredM
                 }
             }
             report.failed.push((group.key, error));
-        }
-    }
-    // Frontends whose update failed keep their old (still complete) entries.
-    let mut keep = desired.clone();
-    for (key, _) in &report.failed {
-        if !mirror.services.contains_key(key) {
-            keep.remove(key);
-        }
-    }
-    for op in plan_garbage(mirror, &keep) {
-        if store.apply(&op).is_ok() {
-            mirror.apply(&op).expect("the mirror has no limits");
-            report.deletes += 1;
         }
     }
     report
@@ -218,55 +329,64 @@ fn inverse(mirror: &Snapshot, op: &Op) -> Op {
 }
 
 /// Hands out ids not in use, reusing a backend's id when the same backend already exists.
-struct IdAllocator {
-    backend_ids: BTreeMap<Backend, u32>,
-    used_backend_ids: BTreeSet<u32>,
-    used_service_ids: BTreeSet<u32>,
+/// The searches only move forward, so an id handed out in this plan (not in the snapshot
+/// yet) is not looked at again.
+struct IdAllocator<'a> {
+    current: &'a Snapshot,
+    new_backends: HashMap<Backend, u32>,
     next_backend: u32,
     next_service: u32,
 }
 
-impl IdAllocator {
-    fn new(current: &Snapshot) -> Self {
+impl<'a> IdAllocator<'a> {
+    fn new(current: &'a Snapshot) -> Self {
         Self {
-            backend_ids: current.backends.iter().map(|(id, b)| (*b, *id)).collect(),
-            used_backend_ids: current.backends.keys().copied().collect(),
-            // Ids with leftover slots stay reserved until garbage collection removes them,
-            // so a new frontend never inherits another's slots.
-            used_service_ids: current
-                .services
-                .values()
-                .map(|v| v.id)
-                .chain(current.slots.keys().map(|k| k.service_id))
-                .collect(),
-            next_backend: 1,
-            next_service: 1,
+            current,
+            new_backends: HashMap::default(),
+            next_backend: current.index.next_backend,
+            next_service: current.index.next_service,
         }
     }
 
     fn backend(&mut self, backend: &Backend) -> u32 {
-        if let Some(&id) = self.backend_ids.get(backend) {
+        if let Some(&id) = self
+            .current
+            .index
+            .backend_ids
+            .get(backend)
+            .or_else(|| self.new_backends.get(backend))
+        {
             return id;
         }
-        let id = next_free(&self.used_backend_ids, &mut self.next_backend);
-        self.used_backend_ids.insert(id);
-        self.backend_ids.insert(*backend, id);
+        let current = self.current;
+        let id = next_free(&mut self.next_backend, |id| {
+            current.backends.contains_key(&id)
+        });
+        self.new_backends.insert(*backend, id);
         id
     }
 
     fn service(&mut self) -> u32 {
-        let id = next_free(&self.used_service_ids, &mut self.next_service);
-        self.used_service_ids.insert(id);
-        id
+        let current = self.current;
+        // Ids with leftover slots stay taken until garbage collection removes them, so a new
+        // frontend never inherits another's slots.
+        next_free(&mut self.next_service, |id| {
+            current.index.service_ids.contains_key(&id) || current.slots_of(id).next().is_some()
+        })
+    }
+
+    /// Where the next plan's searches start.
+    fn cursors(&self) -> (u32, u32) {
+        (self.next_backend, self.next_service)
     }
 }
 
-/// The smallest id ≥ `*next` (0 is never used) not in `used`.
-fn next_free(used: &BTreeSet<u32>, next: &mut u32) -> u32 {
+/// The first id from `*next` on (0 is never used, and the search wraps) that is not `used`.
+fn next_free(next: &mut u32, used: impl Fn(u32) -> bool) -> u32 {
     loop {
         let candidate = (*next).max(1);
         *next = candidate.wrapping_add(1);
-        if !used.contains(&candidate) {
+        if !used(candidate) {
             return candidate;
         }
     }

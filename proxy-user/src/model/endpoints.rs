@@ -3,12 +3,12 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
+    sync::Arc,
 };
-
-use k8s_openapi::api::discovery::v1::{Endpoint as SliceEndpoint, EndpointSlice};
 
 use super::{
     node::NodeContext,
+    slice::{SliceEndpoint, SliceInput},
     topology,
     types::{Endpoint, Protocol},
 };
@@ -23,8 +23,8 @@ pub(super) struct Candidate {
     pub serving: bool,
     pub terminating: bool,
     /// Sorted, without duplicates; empty when the endpoint has no such hint.
-    pub zone_hints: Vec<String>,
-    pub node_hints: Vec<String>,
+    pub zone_hints: Box<[Arc<str>]>,
+    pub node_hints: Box<[Arc<str>]>,
 }
 
 impl Candidate {
@@ -35,7 +35,7 @@ impl Candidate {
     /// kube-proxy keeps the node-local copy of an endpoint listed twice; the rest of the order
     /// only makes the choice independent of the order slices arrive in.
     #[allow(clippy::type_complexity)]
-    fn preference(&self) -> (bool, bool, bool, bool, &[String], &[String]) {
+    fn preference(&self) -> (bool, bool, bool, bool, &[Arc<str>], &[Arc<str>]) {
         (
             self.local,
             self.ready,
@@ -47,36 +47,21 @@ impl Candidate {
     }
 }
 
-/// Which address family an EndpointSlice or endpoint address belongs to.
-pub(super) fn address_type(ipv6: bool) -> &'static str {
-    if ipv6 { "IPv6" } else { "IPv4" }
-}
-
 /// The endpoints' address, as kube-proxy reads it: the first one (the API says consumers may
 /// ignore the rest), only if it belongs to the slice's family.
 fn address(ep: &SliceEndpoint, ipv6: bool) -> Option<IpAddr> {
-    let ip: IpAddr = ep.addresses.first()?.parse().ok()?;
-    (ip.is_ipv6() == ipv6).then_some(ip)
+    ep.address.filter(|ip| ip.is_ipv6() == ipv6)
 }
 
-/// The state of one slice endpoint, with kube-proxy's defaults for absent conditions (the
-/// API contract): ready and serving mean true, terminating means false.
+/// The state of one slice endpoint (absent conditions already defaulted as the API says).
 fn conditions(ep: &SliceEndpoint, publish_not_ready: bool) -> (bool, bool, bool) {
-    let cond = ep.conditions.as_ref();
-    let ready = cond.and_then(|c| c.ready).unwrap_or(true);
-    let serving = cond.and_then(|c| c.serving).unwrap_or(true);
-    let terminating = cond.and_then(|c| c.terminating).unwrap_or(false);
-    (ready || publish_not_ready, serving, terminating)
-}
-
-fn valid_port(port: Option<i32>) -> Option<u16> {
-    port.and_then(|p| u16::try_from(p).ok()).filter(|&p| p != 0)
+    (ep.ready || publish_not_ready, ep.serving, ep.terminating)
 }
 
 /// Every endpoint that may serve the Service port named `port_name` over `protocol` in one
 /// family, sorted by address.
 pub(super) fn candidates(
-    slices: &[&EndpointSlice],
+    slices: &[&SliceInput],
     port_name: &str,
     protocol: Protocol,
     ipv6: bool,
@@ -84,16 +69,12 @@ pub(super) fn candidates(
     publish_not_ready: bool,
 ) -> Vec<Candidate> {
     let mut merged: BTreeMap<Endpoint, Candidate> = BTreeMap::new();
-    for slice in slices
-        .iter()
-        .filter(|s| s.address_type == address_type(ipv6))
-    {
+    for slice in slices.iter().filter(|s| s.ipv6 == Some(ipv6)) {
         // The EndpointSlice controller resolved targetPort (named or numeric) per slice and
         // publishes it under the Service port's name.
-        let target_ports = slice.ports.iter().flatten().filter_map(|p| {
-            let matches = p.name.as_deref().unwrap_or("") == port_name
-                && Protocol::from_k8s(p.protocol.as_deref()) == Some(protocol);
-            valid_port(p.port).filter(|_| matches)
+        let target_ports = slice.ports.iter().filter_map(|p| {
+            let matches = &*p.name == port_name && p.protocol == Some(protocol);
+            p.port.filter(|_| matches)
         });
         for target_port in target_ports {
             for ep in &slice.endpoints {
@@ -101,30 +82,17 @@ pub(super) fn candidates(
                     continue;
                 };
                 let (ready, serving, terminating) = conditions(ep, publish_not_ready);
-                let hints = ep.hints.as_ref();
                 let candidate = Candidate {
                     endpoint: Endpoint {
                         ip,
                         port: target_port,
                     },
-                    local: node.is_local(ep.node_name.as_deref()),
+                    local: node.is_local(ep.placement.node_name.as_deref()),
                     ready,
                     serving,
                     terminating,
-                    zone_hints: sorted_names(
-                        hints
-                            .and_then(|h| h.for_zones.as_ref())
-                            .into_iter()
-                            .flatten()
-                            .map(|z| z.name.as_str()),
-                    ),
-                    node_hints: sorted_names(
-                        hints
-                            .and_then(|h| h.for_nodes.as_ref())
-                            .into_iter()
-                            .flatten()
-                            .map(|n| n.name.as_str()),
-                    ),
+                    zone_hints: ep.placement.zone_hints.clone(),
+                    node_hints: ep.placement.node_hints.clone(),
                 };
                 match merged.get_mut(&candidate.endpoint) {
                     Some(kept) if kept.preference() >= candidate.preference() => {}
@@ -137,14 +105,6 @@ pub(super) fn candidates(
         }
     }
     merged.into_values().collect()
-}
-
-fn sorted_names<'a>(names: impl Iterator<Item = &'a str>) -> Vec<String> {
-    names
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .map(str::to_owned)
-        .collect()
 }
 
 /// Endpoints for new connections and endpoints to let drain.
@@ -213,28 +173,20 @@ fn usable(pool: &[&Candidate], preferred: impl Fn(&Candidate) -> bool) -> Select
 /// Distinct ready endpoint addresses on this node over every port of the given families, as
 /// kube-proxy's health check counts them.
 pub(super) fn local_ready_addresses(
-    slices: &[&EndpointSlice],
+    slices: &[&SliceInput],
     families: &[bool],
     node: &NodeContext,
     publish_not_ready: bool,
 ) -> usize {
     let mut ips = BTreeSet::new();
     for &ipv6 in families {
-        for slice in slices
-            .iter()
-            .filter(|s| s.address_type == address_type(ipv6))
-        {
-            if !slice
-                .ports
-                .iter()
-                .flatten()
-                .any(|p| valid_port(p.port).is_some())
-            {
+        for slice in slices.iter().filter(|s| s.ipv6 == Some(ipv6)) {
+            if !slice.ports.iter().any(|p| p.port.is_some()) {
                 continue;
             }
             for ep in &slice.endpoints {
                 if let Some(ip) = address(ep, ipv6)
-                    && node.is_local(ep.node_name.as_deref())
+                    && node.is_local(ep.placement.node_name.as_deref())
                     && conditions(ep, publish_not_ready).0
                 {
                     ips.insert(ip);

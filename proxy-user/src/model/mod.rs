@@ -1,33 +1,43 @@
 //! The desired state: what the datapath should do, derived from Kubernetes objects by pure
 //! code. Nothing here touches the kernel or the network.
 //!
-//! Per Service: `translate` validates it (with `settings`) and lists its frontends;
-//! `endpoints` picks each Service port's endpoints (ready, else serving-and-terminating,
-//! cluster-wide or node-local), `topology` narrows the cluster-wide ones by hints, and
-//! `policy` turns the traffic policies into [`Scope`]s and [`EmptyAction`]s. `slim` strips
-//! objects down to what all of this reads.
+//! Objects arrive converted: a Service as a [`ServiceInput`] (parsed and validated by
+//! `translate`, with `settings`), an EndpointSlice as a [`SliceInput`] (`slice`). Per
+//! Service, `translate` lists its frontends; `endpoints` picks each Service port's endpoints
+//! (ready, else serving-and-terminating, cluster-wide or node-local), `topology` narrows the
+//! cluster-wide ones by hints, and `policy` turns the traffic policies into [`Scope`]s and
+//! [`EmptyAction`]s. `incremental` keeps every Service's translation and settles address
+//! conflicts one change at a time. `slim` strips objects down to what all of this reads.
 
 mod endpoints;
+mod incremental;
 mod node;
 mod policy;
 mod settings;
 mod skip;
+mod slice;
 mod slim;
 mod topology;
 mod translate;
 mod types;
 
+pub use incremental::{Model, ServiceView};
+pub use slice::{Placement, SliceEndpoint, SliceInput, SlicePort, slice_keys, slice_owner};
+
 pub use node::{NodeContext, TO_BE_DELETED_TAINT, ZONE_LABEL, node_eligible};
 pub use settings::{DEFAULT_AFFINITY_TIMEOUT, MAX_AFFINITY_TIMEOUT, SCHEDULER_ANNOTATION};
 pub use skip::{SkipReason, Skipped};
 pub use slim::{slim_node, slim_service, slim_slice};
-pub use translate::{HEADLESS_LABEL, SERVICE_PROXY_NAME_LABEL, Translated, translate_service};
+pub use translate::{
+    HEADLESS_LABEL, SERVICE_PROXY_NAME_LABEL, ServiceInput, Translated, translate_input,
+    translate_service,
+};
 pub use types::{
     EmptyAction, Endpoint, Frontend, FrontendKey, FrontendKind, HealthCheck, Protocol, Scope,
     ServiceName,
 };
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{collections::BTreeMap, sync::Arc};
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
@@ -47,80 +57,18 @@ pub struct DesiredState {
 
 impl DesiredState {
     /// Translates a whole set of Services and EndpointSlices. The result does not depend on
-    /// the order of either list.
+    /// the order of either list. Built through [`Model`], as the controller does one change
+    /// at a time.
     pub fn build(services: &[Service], slices: &[EndpointSlice], node: &NodeContext) -> Self {
-        let mut by_service: BTreeMap<ServiceName, Vec<&EndpointSlice>> = BTreeMap::new();
-        for slice in slices {
-            if let Some(owner) = slice_owner(slice) {
-                by_service.entry(owner).or_default().push(slice);
-            }
+        let mut model = Model::new(node.clone());
+        for input in service_inputs(services) {
+            model.upsert_service(Arc::new(input));
         }
-        let mut state = DesiredState::default();
-        let mut translated_all: Vec<(ServiceName, Translated)> = Vec::new();
-        let mut previous: Option<ServiceName> = None;
-        for svc in sorted(services) {
-            let name = ServiceName::of(&svc.metadata);
-            if previous.as_ref() == Some(&name) {
-                state.skipped.push(Skipped {
-                    service: name,
-                    reason: SkipReason::DuplicateService,
-                    detail: "another Service object has the same namespace and name".into(),
-                });
-                continue;
-            }
-            previous = Some(name.clone());
-            let own = by_service.get(&name).map(Vec::as_slice).unwrap_or(&[]);
-            match translate_service(svc, own, node) {
-                Ok(None) => {}
-                Ok(Some(translated)) => translated_all.push((name, translated)),
-                Err(skipped) => state.skipped.push(skipped),
-            }
+        for (key, slice) in slice_keys(slices) {
+            model.upsert_slice(key, Arc::new(SliceInput::from_slice(slice)));
         }
-        // Conflicts are settled per frontend, and ClusterIPs are claimed first: a Service that
-        // names another Service's ClusterIP as its externalIP or load-balancer address loses
-        // that one frontend, never taking the other Service (kube-dns, say) down with it.
-        let mut claimed: BTreeMap<(IpAddr, u16, Protocol), ServiceName> = BTreeMap::new();
-        let mut kept: BTreeMap<ServiceName, Vec<Frontend>> = BTreeMap::new();
-        let mut lost = std::collections::BTreeSet::new();
-        for cluster_ips_round in [true, false] {
-            for (name, translated) in &translated_all {
-                for frontend in &translated.frontends {
-                    if (frontend.kind == FrontendKind::ClusterIp) != cluster_ips_round {
-                        continue;
-                    }
-                    let address = frontend.key.address();
-                    match claimed.get(&address) {
-                        Some(owner) if owner != name => {
-                            // One report per address, not per scope of a split frontend.
-                            if lost.insert((name.clone(), address)) {
-                                state.skipped.push(Skipped {
-                                    service: name.clone(),
-                                    reason: SkipReason::FrontendConflict,
-                                    detail: format!(
-                                        "{} is already served for {owner}; the Service's other \
-                                         frontends are kept",
-                                        frontend.key
-                                    ),
-                                });
-                            }
-                        }
-                        _ => {
-                            claimed.insert(address, name.clone());
-                            kept.entry(name.clone()).or_default().push(frontend.clone());
-                        }
-                    }
-                }
-            }
-        }
-        for (name, translated) in translated_all {
-            let mut frontends = kept.remove(&name).unwrap_or_default();
-            frontends.sort_by_key(|f| f.key);
-            if let Some(check) = translated.health_check {
-                state.health_checks.insert(name.clone(), check);
-            }
-            state.services.insert(name, frontends);
-        }
-        state
+        model.settle();
+        model.state()
     }
 
     pub fn frontends(&self) -> impl Iterator<Item = &Frontend> {
@@ -128,48 +76,33 @@ impl DesiredState {
     }
 }
 
-/// Services by name, so that when two claim one frontend the same one wins on every node and
-/// every run. Objects sharing a name (a manifest folder can hold two) are ordered by content
-/// so that the same one is kept whatever order they came in.
-fn sorted(services: &[Service]) -> Vec<&Service> {
-    let mut sorted: Vec<(ServiceName, &Service)> = services
-        .iter()
-        .map(|s| (ServiceName::of(&s.metadata), s))
-        .collect();
-    sorted.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut out = Vec::with_capacity(sorted.len());
-    for group in sorted.chunk_by(|a, b| a.0 == b.0) {
-        if let [(_, only)] = group {
-            out.push(*only);
-            continue;
-        }
-        let mut group: Vec<(String, &Service)> = group
-            .iter()
-            .map(|(_, s)| {
-                // Compared slimmed, so that slimming never changes which one is kept.
-                let mut slimmed = (*s).clone();
-                slim_service(&mut slimmed);
-                (serde_json::to_string(&slimmed).unwrap_or_default(), *s)
-            })
-            .collect();
-        group.sort_by(|a, b| a.0.cmp(&b.0));
-        out.extend(group.into_iter().map(|(_, s)| s));
+/// One [`ServiceInput`] per namespace/name. Objects sharing a name (a manifest folder can
+/// hold two) are ordered by content so that the same one is kept whatever order they came
+/// in; the others are counted on it as duplicates.
+pub fn service_inputs(services: &[Service]) -> Vec<ServiceInput> {
+    let mut by_name: BTreeMap<ServiceName, Vec<&Service>> = BTreeMap::new();
+    for svc in services {
+        by_name
+            .entry(ServiceName::of(&svc.metadata))
+            .or_default()
+            .push(svc);
     }
-    out
-}
-
-/// The Service an EndpointSlice belongs to, from its `kubernetes.io/service-name` label.
-pub fn slice_owner(slice: &EndpointSlice) -> Option<ServiceName> {
-    let labels = slice.metadata.labels.as_ref()?;
-    let name = labels.get(SERVICE_NAME_LABEL)?;
-    Some(ServiceName {
-        namespace: slice
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into()),
-        name: name.clone(),
-    })
+    by_name
+        .into_values()
+        .map(|mut group| {
+            if group.len() > 1 {
+                // Compared slimmed, so that slimming never changes which one is kept.
+                group.sort_by_cached_key(|s| {
+                    let mut slimmed = (*s).clone();
+                    slim_service(&mut slimmed);
+                    serde_json::to_string(&slimmed).unwrap_or_default()
+                });
+            }
+            let mut input = ServiceInput::from_service(group[0]);
+            input.duplicates = group.len() - 1;
+            input
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! `tests/`.
 
 mod endpoints;
+mod incremental;
 mod node;
 mod policy;
 mod props;
@@ -368,7 +369,7 @@ fn two_services_claiming_one_frontend_resolve_the_same_way_every_time() {
         let state = DesiredState::build(&order, &[], &NodeContext::default());
         let owners: Vec<(String, String)> = state
             .frontends()
-            .map(|f| (f.service.name.clone(), f.key.to_string()))
+            .map(|f| (f.service.name.to_string(), f.key.to_string()))
             .collect();
         assert_eq!(
             owners,
@@ -380,7 +381,7 @@ fn two_services_claiming_one_frontend_resolve_the_same_way_every_time() {
         );
         assert_eq!(state.skipped.len(), 1);
         assert_eq!(state.skipped[0].reason, SkipReason::FrontendConflict);
-        assert_eq!(state.skipped[0].service.name, "b");
+        assert_eq!(&*state.skipped[0].service.name, "b");
     }
 }
 
@@ -431,13 +432,13 @@ fn a_conflict_is_found_whatever_the_scopes_of_the_two_claims() {
     // ClusterIPs are claimed first: `b` keeps it, `a` loses both scopes of that address only.
     let owners: Vec<String> = at(&state, "192.0.2.1", 80)
         .iter()
-        .map(|f| f.service.name.clone())
+        .map(|f| f.service.name.to_string())
         .collect();
     assert_eq!(owners, ["b"]);
     assert!(
         state
             .frontends()
-            .any(|f| f.service.name == "a" && f.kind == FrontendKind::ClusterIp),
+            .any(|f| &*f.service.name == "a" && f.kind == FrontendKind::ClusterIp),
         "`a` keeps its own ClusterIP"
     );
     assert_eq!(
@@ -446,7 +447,7 @@ fn a_conflict_is_found_whatever_the_scopes_of_the_two_claims() {
         "one report for the address: {:?}",
         state.skipped
     );
-    assert_eq!(state.skipped[0].service.name, "a");
+    assert_eq!(&*state.skipped[0].service.name, "a");
     assert_eq!(state.skipped[0].reason, SkipReason::FrontendConflict);
 }
 

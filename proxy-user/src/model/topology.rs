@@ -5,6 +5,8 @@
 //! consulted: the controller only writes hints when the Service asks for them, and removes
 //! them when it stops asking, so the hints are the single source of truth.
 
+use std::sync::Arc;
+
 use super::{endpoints::Candidate, node::NodeContext};
 
 /// Which ready endpoints the cluster-wide set keeps.
@@ -23,8 +25,8 @@ impl Mode<'_> {
     pub fn admits(&self, c: &Candidate) -> bool {
         match self {
             Mode::All => true,
-            Mode::SameNode(node) => c.node_hints.iter().any(|h| h == node),
-            Mode::SameZone(zone) => c.zone_hints.iter().any(|h| h == zone),
+            Mode::SameNode(node) => c.node_hints.iter().any(|h| &**h == *node),
+            Mode::SameZone(zone) => c.zone_hints.iter().any(|h| &**h == *zone),
         }
     }
 }
@@ -39,10 +41,10 @@ pub(super) fn mode<'a>(candidates: &[Candidate], node: &'a NodeContext) -> Mode<
     if ready.is_empty() {
         return Mode::All;
     }
-    let decide = |hints: fn(&Candidate) -> &[String], mine: Option<&'a str>| {
+    let decide = |hints: fn(&Candidate) -> &[Arc<str>], mine: Option<&'a str>| {
         let mine = mine?;
         let all_hinted = ready.iter().all(|c| !hints(c).is_empty());
-        let one_for_me = ready.iter().any(|c| hints(c).iter().any(|h| h == mine));
+        let one_for_me = ready.iter().any(|c| hints(c).iter().any(|h| &**h == mine));
         (all_hinted && one_for_me).then_some(mine)
     };
     if let Some(name) = decide(|c| &c.node_hints, node.node_name.as_deref()) {

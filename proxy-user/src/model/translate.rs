@@ -16,6 +16,7 @@ use super::{
     policy::scopes,
     settings::{ServiceType, Settings, source_ranges},
     skip::{Invalid, SkipReason, Skipped},
+    slice::SliceInput,
     types::{Frontend, FrontendKey, FrontendKind, HealthCheck, Protocol, ServiceName},
 };
 
@@ -32,25 +33,40 @@ pub struct Translated {
     pub health_check: Option<HealthCheck>,
 }
 
-/// Translates one Service. `Ok(None)` means the Service is deliberately not proxied
-/// (ExternalName, headless, or owned by another proxy).
-pub fn translate_service(
-    svc: &Service,
-    slices: &[&EndpointSlice],
-    node: &NodeContext,
-) -> Result<Option<Translated>, Skipped> {
-    translate(svc, slices, node).map_err(|(reason, detail)| Skipped {
-        service: ServiceName::of(&svc.metadata),
-        reason,
-        detail,
-    })
+/// A Service as the model keeps it: everything about it that does not depend on its
+/// endpoints or the node, parsed and validated once when it arrives. Far smaller than the
+/// object, and comparing two tells whether the change matters to the datapath.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceInput {
+    pub name: ServiceName,
+    /// `Ok(None)`: deliberately not proxied (ExternalName, headless, another proxy's).
+    parsed: Result<Option<Parsed>, Invalid>,
+    /// Other objects with the same namespace and name that lost to this one (only a
+    /// manifests folder can hold them); each is reported as skipped.
+    pub duplicates: usize,
 }
 
-fn translate(
-    svc: &Service,
-    slices: &[&EndpointSlice],
-    node: &NodeContext,
-) -> Result<Option<Translated>, Invalid> {
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Parsed {
+    settings: Settings,
+    addresses: Addresses,
+    ports: Vec<PortSpec>,
+    health_check_port: Option<u16>,
+    /// `loadBalancerSourceRanges`, for the load-balancer frontends.
+    source_ranges: Vec<crate::config::Cidr>,
+}
+
+impl ServiceInput {
+    pub fn from_service(svc: &Service) -> Self {
+        Self {
+            name: ServiceName::of(&svc.metadata),
+            parsed: parse(svc),
+            duplicates: 0,
+        }
+    }
+}
+
+fn parse(svc: &Service) -> Result<Option<Parsed>, Invalid> {
     let Some(spec) = svc.spec.as_ref().filter(|_| !opted_out(svc)) else {
         return Ok(None);
     };
@@ -63,11 +79,64 @@ fn translate(
     let addresses = Addresses::parse(svc, spec, settings.service_type)?;
     let ports = parse_ports(spec, settings.serves_node_ports())?;
     let source_ranges = source_ranges(spec)?;
-    let service = ServiceName::of(&svc.metadata);
+    let health_check_port = health_check(spec, &settings)?;
+    Ok(Some(Parsed {
+        settings,
+        addresses,
+        ports,
+        health_check_port,
+        source_ranges,
+    }))
+}
 
+/// Translates one Service. `Ok(None)` means the Service is deliberately not proxied
+/// (ExternalName, headless, or owned by another proxy).
+pub fn translate_service(
+    svc: &Service,
+    slices: &[&EndpointSlice],
+    node: &NodeContext,
+) -> Result<Option<Translated>, Skipped> {
+    let slices: Vec<SliceInput> = slices.iter().map(|s| SliceInput::from_slice(s)).collect();
+    let slices: Vec<&SliceInput> = slices.iter().collect();
+    translate_input(&ServiceInput::from_service(svc), &slices, node)
+}
+
+/// [`translate_service`] for a Service and slices already converted.
+pub fn translate_input(
+    input: &ServiceInput,
+    slices: &[&SliceInput],
+    node: &NodeContext,
+) -> Result<Option<Translated>, Skipped> {
+    let parsed = match &input.parsed {
+        Ok(Some(parsed)) => parsed,
+        Ok(None) => return Ok(None),
+        Err((reason, detail)) => {
+            return Err(Skipped {
+                service: input.name.clone(),
+                reason: *reason,
+                detail: detail.clone(),
+            });
+        }
+    };
+    Ok(Some(translate(&input.name, parsed, slices, node)))
+}
+
+fn translate(
+    service: &ServiceName,
+    parsed: &Parsed,
+    slices: &[&SliceInput],
+    node: &NodeContext,
+) -> Translated {
+    let Parsed {
+        settings,
+        addresses,
+        ports,
+        health_check_port,
+        source_ranges,
+    } = parsed;
     let mut sets: BTreeMap<(usize, bool), Sets> = BTreeMap::new();
     let mut frontends = Vec::new();
-    for listener in listeners(&addresses, &ports, node) {
+    for listener in listeners(addresses, ports, node) {
         let port = &ports[listener.port_index];
         let ipv6 = listener.ip.is_ipv6();
         let sets = sets.entry((listener.port_index, ipv6)).or_insert_with(|| {
@@ -112,8 +181,10 @@ fn translate(
         }
     }
     frontends.sort_by_key(|f| f.key);
+    // Kept for as long as the Service exists, usually with one or two frontends.
+    frontends.shrink_to_fit();
 
-    let health_check = health_check(spec, &settings)?.map(|port| HealthCheck {
+    let health_check = health_check_port.map(|port| HealthCheck {
         port,
         local_endpoints: local_ready_addresses(
             slices,
@@ -122,10 +193,10 @@ fn translate(
             settings.publish_not_ready,
         ),
     });
-    Ok(Some(Translated {
+    Translated {
         frontends,
         health_check,
-    }))
+    }
 }
 
 fn opted_out(svc: &Service) -> bool {
@@ -153,6 +224,7 @@ fn is_headless(spec: &ServiceSpec) -> bool {
 }
 
 /// The Service's own addresses, limited to the families it serves.
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct Addresses {
     cluster: Vec<IpAddr>,
     external: Vec<IpAddr>,
@@ -257,6 +329,7 @@ fn valid_port(port: i32) -> Option<u16> {
     u16::try_from(port).ok().filter(|&p| p != 0)
 }
 
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct PortSpec {
     name: String,
     protocol: Protocol,
@@ -305,6 +378,7 @@ fn parse_ports(spec: &ServiceSpec, serves_node_ports: bool) -> Result<Vec<PortSp
             node_port,
         });
     }
+    out.shrink_to_fit();
     Ok(out)
 }
 

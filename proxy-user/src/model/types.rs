@@ -1,4 +1,4 @@
-use std::{fmt, net::IpAddr};
+use std::{fmt, net::IpAddr, sync::Arc};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
@@ -55,15 +55,17 @@ impl fmt::Display for Protocol {
     }
 }
 
-/// namespace/name of a Service.
+/// namespace/name of a Service (or of another namespaced object). Cheap to clone: the
+/// model and the controller index by it in several places, and at 100,000 Services copies of
+/// the strings themselves would add up to a hundred megabytes.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServiceName {
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
 }
 
 impl ServiceName {
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+    pub fn new(namespace: impl Into<Arc<str>>, name: impl Into<Arc<str>>) -> Self {
         Self {
             namespace: namespace.into(),
             name: name.into(),
@@ -72,8 +74,8 @@ impl ServiceName {
 
     pub fn of(meta: &ObjectMeta) -> Self {
         Self {
-            namespace: meta.namespace.clone().unwrap_or_else(|| "default".into()),
-            name: meta.name.clone().unwrap_or_default(),
+            namespace: meta.namespace.as_deref().unwrap_or("default").into(),
+            name: meta.name.as_deref().unwrap_or_default().into(),
         }
     }
 }

@@ -1,12 +1,14 @@
 //! The cluster source: list/watch Services, EndpointSlices and this node's Node from the API
-//! server and publish complete snapshots of them, like the manifests source does.
+//! server, convert them to what the model reads, and record every change in the [`Feed`].
 //!
-//! The first snapshot is published only once all three initial lists have completed, because
-//! the controller treats the first value as the whole truth and would otherwise delete the
-//! frontends of every object that had not arrived yet. While the API server is unreachable
-//! nothing is published, so the datapath keeps serving its last state.
+//! Nothing is published until all three initial lists have completed, because the controller
+//! treats the first publication as the whole truth and would otherwise delete the frontends
+//! of every object that had not arrived yet. A relist is diffed against the objects already
+//! known, so one that finds nothing new publishes nothing. While the API server is
+//! unreachable nothing is published, so the datapath keeps serving its last state.
 
 use std::{
+    collections::HashMap,
     fmt::Debug,
     hash::Hash,
     path::Path,
@@ -26,11 +28,7 @@ use k8s_openapi::api::{
 use kube::{
     Api, Client,
     config::{KubeConfigOptions, Kubeconfig},
-    runtime::{
-        WatchStreamExt as _,
-        reflector::{Store, store::Writer},
-        watcher,
-    },
+    runtime::{WatchStreamExt as _, watcher},
 };
 use serde::de::DeserializeOwned;
 use tokio::{
@@ -40,8 +38,8 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
-use super::Inputs;
-use crate::model::{slim_node, slim_service, slim_slice};
+use super::{Changes, Feed};
+use crate::model::{ServiceInput, ServiceName, SliceInput, slim_node};
 
 /// kube-proxy's Service selector: Services handled by another proxy
 /// (`service.kubernetes.io/service-proxy-name`) are not ours, and headless ones have no VIP.
@@ -135,17 +133,17 @@ pub struct KubeCounters {
     pub services: ResourceCounters,
     pub slices: ResourceCounters,
     pub nodes: ResourceCounters,
-    snapshots: AtomicU64,
+    publications: AtomicU64,
 }
 
 impl KubeCounters {
-    /// Snapshots sent on the channel.
-    pub fn snapshots(&self) -> u64 {
-        self.snapshots.load(Ordering::Relaxed)
+    /// Bursts of changes published to the feed.
+    pub fn publications(&self) -> u64 {
+        self.publications.load(Ordering::Relaxed)
     }
 }
 
-/// Watches the API server and publishes [`Inputs`] snapshots.
+/// Watches the API server and records every change of its objects in a [`Feed`].
 pub struct KubeSource {
     client: Client,
     node_name: String,
@@ -153,13 +151,9 @@ pub struct KubeSource {
     min_publish_interval: Duration,
 }
 
-/// Runs [`KubeSource`] with its defaults until every receiver of `tx` is gone.
-pub async fn run(
-    client: Client,
-    node_name: String,
-    tx: watch::Sender<Arc<Inputs>>,
-) -> anyhow::Result<()> {
-    KubeSource::new(client, node_name).run(tx).await
+/// Runs [`KubeSource`] with its defaults until the feed's consumer is gone.
+pub async fn run(client: Client, node_name: String, feed: Arc<Feed>) -> anyhow::Result<()> {
+    KubeSource::new(client, node_name).run(feed).await
 }
 
 impl KubeSource {
@@ -169,7 +163,7 @@ impl KubeSource {
             node_name: node_name.into(),
             counters: Arc::default(),
             // The controller coalesces on its own (minSyncPeriod); this only keeps a burst of
-            // watch events from building one snapshot per event.
+            // watch events from waking it once per event.
             min_publish_interval: Duration::from_millis(10),
         }
     }
@@ -178,36 +172,63 @@ impl KubeSource {
         self.counters.clone()
     }
 
-    /// Watches until every receiver of `tx` is dropped (then `Ok`). Connection problems are
+    /// Watches until the feed's consumer is gone (then `Ok`). Connection problems are
     /// retried forever with backoff; an error means a watcher task died.
-    pub async fn run(self, tx: watch::Sender<Arc<Inputs>>) -> anyhow::Result<()> {
+    pub async fn run(self, feed: Arc<Feed>) -> anyhow::Result<()> {
         let changed = Arc::new(Notify::new());
         let outage = Arc::new(Outage::default());
         let mut tasks = JoinSet::new();
+        let shared = || Shared::new(&self.counters, &changed, &outage, &feed);
 
-        let services = spawn_reflector(
+        let services = spawn_watcher(
             &mut tasks,
             Api::<Service>::all(self.client.clone()),
             watcher::Config::default().labels(SERVICE_LABEL_SELECTOR),
-            Resource::Services,
-            slim_service,
-            Shared::new(&self.counters, &changed, &outage),
+            Kind {
+                resource: Resource::Services,
+                convert: |svc: Service| Some(ServiceInput::from_service(&svc)),
+                record: |changes, name, input| match input {
+                    Some(input) => changes.upsert_service(input),
+                    None => changes.delete_service(name),
+                },
+            },
+            shared(),
         );
-        let slices = spawn_reflector(
+        let slices = spawn_watcher(
             &mut tasks,
             Api::<EndpointSlice>::all(self.client.clone()),
             watcher::Config::default().labels(SLICE_LABEL_SELECTOR),
-            Resource::Slices,
-            slim_slice,
-            Shared::new(&self.counters, &changed, &outage),
+            Kind {
+                resource: Resource::Slices,
+                convert: |slice: EndpointSlice| Some(SliceInput::from_slice(&slice)),
+                record: |changes, name, input| match input {
+                    Some(input) => changes.upsert_slice(name, input),
+                    None => changes.delete_slice(name),
+                },
+            },
+            shared(),
         );
-        let nodes = spawn_reflector(
+        let node_name = self.node_name.clone();
+        let nodes = spawn_watcher(
             &mut tasks,
             Api::<Node>::all(self.client.clone()),
             watcher::Config::default().fields(&format!("metadata.name={}", self.node_name)),
-            Resource::Nodes,
-            slim_node,
-            Shared::new(&self.counters, &changed, &outage),
+            Kind {
+                resource: Resource::Nodes,
+                convert: move |mut node: Node| {
+                    // The field selector already narrows the list to this node; the check
+                    // keeps a misbehaving server from handing us another node's zone.
+                    if node.metadata.name.as_deref() != Some(node_name.as_str()) {
+                        return None;
+                    }
+                    slim_node(&mut node);
+                    // Changes with every status update, and nothing here reads it.
+                    node.metadata.resource_version = None;
+                    Some(node)
+                },
+                record: |changes, _, node| changes.set_node(node),
+            },
+            shared(),
         );
 
         let all_ready = async {
@@ -220,45 +241,42 @@ impl KubeSource {
         tokio::select! {
             ready = all_ready => { ready.context("a watcher stopped before its first list")?; }
             ended = tasks.join_next() => return Err(task_ended(ended)),
-            () = tx.closed() => return Ok(()),
+            () = feed.closed() => return Ok(()),
         }
 
-        let mut last = Arc::new(snapshot(&services, &slices, &nodes, &self.node_name));
-        info!(
-            node = %self.node_name,
-            services = last.services.len(),
-            endpoint_slices = last.slices.len(),
-            node_found = last.node.is_some(),
-            "initial lists from the API server complete"
-        );
-        // Counted before sending, so a receiver that sees a snapshot also sees it counted.
-        self.counters.snapshots.fetch_add(1, Ordering::Relaxed);
-        if tx.send(last.clone()).is_err() {
-            return Ok(());
+        // Everything listed so far goes out as one publication; from here on the watchers
+        // record their changes themselves.
+        {
+            let mut services = services.lock();
+            let mut slices = slices.lock();
+            let mut nodes = nodes.lock();
+            info!(
+                node = %self.node_name,
+                services = services.objects.len(),
+                endpoint_slices = slices.objects.len(),
+                node_found = !nodes.objects.is_empty(),
+                "initial lists from the API server complete"
+            );
+            feed.record(|changes| {
+                services.go_live(changes);
+                slices.go_live(changes);
+                nodes.go_live(changes);
+            });
         }
+        // Counted before publishing, so a consumer that sees a publication sees it counted.
+        self.counters.publications.fetch_add(1, Ordering::Relaxed);
+        feed.publish();
         let mut published_at = Instant::now();
 
         loop {
             tokio::select! {
                 () = changed.notified() => {}
                 ended = tasks.join_next() => return Err(task_ended(ended)),
-                () = tx.closed() => return Ok(()),
+                () = feed.closed() => return Ok(()),
             }
             tokio::time::sleep_until(published_at + self.min_publish_interval).await;
-            let next = snapshot(&services, &slices, &nodes, &self.node_name);
-            // A relist usually returns what we already had; resending it would only make the
-            // controller recompute the same state.
-            if next.services == last.services
-                && next.slices == last.slices
-                && next.node == last.node
-            {
-                continue;
-            }
-            last = Arc::new(next);
-            self.counters.snapshots.fetch_add(1, Ordering::Relaxed);
-            if tx.send(last.clone()).is_err() {
-                return Ok(());
-            }
+            self.counters.publications.fetch_add(1, Ordering::Relaxed);
+            feed.publish();
             published_at = Instant::now();
         }
     }
@@ -268,32 +286,6 @@ fn task_ended(ended: Option<Result<(), tokio::task::JoinError>>) -> anyhow::Erro
     match ended {
         Some(Err(e)) => anyhow::anyhow!("a watcher task failed: {e}"),
         _ => anyhow::anyhow!("a watcher task ended"),
-    }
-}
-
-/// Sorted so that equal contents compare equal and consumers see a stable order.
-fn snapshot(
-    services: &Store<Service>,
-    slices: &Store<EndpointSlice>,
-    nodes: &Store<Node>,
-    node_name: &str,
-) -> Inputs {
-    fn sorted<K: kube::Resource + Clone>(store: Vec<Arc<K>>) -> Vec<K> {
-        let mut objects: Vec<K> = store.iter().map(|o| K::clone(o)).collect();
-        objects.sort_by(|a, b| {
-            (a.meta().namespace.as_deref(), a.meta().name.as_deref())
-                .cmp(&(b.meta().namespace.as_deref(), b.meta().name.as_deref()))
-        });
-        objects
-    }
-    Inputs {
-        services: sorted(services.state()),
-        slices: sorted(slices.state()),
-        // The field selector already narrows the list to this node; the check keeps a
-        // misbehaving server from handing us another node's zone.
-        node: nodes
-            .find(|n| n.metadata.name.as_deref() == Some(node_name))
-            .map(|n| Node::clone(&n)),
     }
 }
 
@@ -322,44 +314,160 @@ impl Resource {
     }
 }
 
+/// How one watched kind is converted and recorded.
+struct Kind<V, C> {
+    resource: Resource,
+    /// To the form the model keeps, under the object's namespace/name; `None` for an object
+    /// to ignore.
+    convert: C,
+    record: fn(&mut Changes, ServiceName, Option<Arc<V>>),
+}
+
 struct Shared {
     counters: Arc<KubeCounters>,
     changed: Arc<Notify>,
     outage: Arc<Outage>,
+    feed: Arc<Feed>,
 }
 
 impl Shared {
-    fn new(counters: &Arc<KubeCounters>, changed: &Arc<Notify>, outage: &Arc<Outage>) -> Self {
+    fn new(
+        counters: &Arc<KubeCounters>,
+        changed: &Arc<Notify>,
+        outage: &Arc<Outage>,
+        feed: &Arc<Feed>,
+    ) -> Self {
         Self {
             counters: counters.clone(),
             changed: changed.clone(),
             outage: outage.clone(),
+            feed: feed.clone(),
         }
     }
 }
+/// One kind's objects as last listed and watched, converted.
+struct Objects<V> {
+    objects: HashMap<ServiceName, Arc<V>>,
+    /// A list in progress. It replaces `objects` once complete and is diffed against them,
+    /// so a relist records only what really changed and never a half-listed kind.
+    listing: Option<HashMap<ServiceName, Arc<V>>>,
+    /// Whether changes go to the feed: only after the first publication, which carries
+    /// everything listed until then.
+    live: bool,
+    record: fn(&mut Changes, ServiceName, Option<Arc<V>>),
+}
 
-/// Starts a watcher feeding a reflector store and returns the store's reader.
+impl<V: PartialEq> Objects<V> {
+    fn go_live(&mut self, changes: &mut Changes) {
+        for (name, object) in &self.objects {
+            (self.record)(changes, name.clone(), Some(object.clone()));
+        }
+        self.live = true;
+    }
+
+    /// Returns whether a change was recorded in `feed`.
+    fn apply(&mut self, name: ServiceName, object: Option<V>, feed: &Feed) -> bool {
+        let object = match object {
+            Some(new) if self.objects.get(&name).is_some_and(|old| **old == new) => return false,
+            Some(new) => {
+                let new = Arc::new(new);
+                self.objects.insert(name.clone(), new.clone());
+                Some(new)
+            }
+            None if self.objects.remove(&name).is_none() => return false,
+            None => None,
+        };
+        if self.live {
+            feed.record(|changes| (self.record)(changes, name, object));
+        }
+        self.live
+    }
+
+    /// Ends a list: returns whether a change was recorded in `feed`.
+    fn listed(&mut self, feed: &Feed) -> bool {
+        let Some(mut listed) = self.listing.take() else {
+            return false;
+        };
+        let mut changes: Vec<(ServiceName, Option<Arc<V>>)> = Vec::new();
+        for (name, object) in &mut listed {
+            match self.objects.get(name) {
+                // Unchanged objects stay the same allocation the consumer already holds.
+                Some(old) if **old == **object => *object = old.clone(),
+                _ => changes.push((name.clone(), Some(object.clone()))),
+            }
+        }
+        changes.extend(
+            self.objects
+                .keys()
+                .filter(|name| !listed.contains_key(name))
+                .map(|name| (name.clone(), None)),
+        );
+        self.objects = listed;
+        if !self.live || changes.is_empty() {
+            return false;
+        }
+        feed.record(|into| {
+            for (name, object) in changes {
+                (self.record)(into, name, object);
+            }
+        });
+        true
+    }
+}
+
+/// The run loop's handle on one watcher task.
+struct Watched<V> {
+    objects: Arc<Mutex<Objects<V>>>,
+    ready: watch::Receiver<bool>,
+}
+
+impl<V> Watched<V> {
+    async fn wait_until_ready(&self) -> Result<(), watch::error::RecvError> {
+        self.ready
+            .clone()
+            .wait_for(|ready| *ready)
+            .await
+            .map(|_| ())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Objects<V>> {
+        self.objects.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Starts a watcher that keeps one kind's [`Objects`] and records their changes.
 ///
-/// The store's writer is driven by hand rather than through `reflector()` because it must
-/// outlive the watcher: kube-runtime relists on a 410 ERROR event but keeps retrying the same
-/// resourceVersion forever when the server answers the watch request itself with HTTP 410, so
-/// in that case the watcher is replaced by a fresh one (which relists), feeding the same store.
-/// A relist fills a buffer that replaces the store's contents only when complete, so a
-/// snapshot never sees a half-listed resource.
-fn spawn_reflector<K>(
+/// The watcher is restarted by hand rather than left to kube-runtime because kube-runtime
+/// relists on a 410 ERROR event but keeps retrying the same resourceVersion forever when the
+/// server answers the watch request itself with HTTP 410; in that case the watcher is
+/// replaced by a fresh one (which relists), feeding the same objects.
+fn spawn_watcher<K, V, C>(
     tasks: &mut JoinSet<()>,
     api: Api<K>,
     config: watcher::Config,
-    resource: Resource,
-    slim: fn(&mut K),
+    kind: Kind<V, C>,
     shared: Shared,
-) -> Store<K>
+) -> Watched<V>
 where
     K: kube::Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
+    V: PartialEq + Send + Sync + 'static,
+    C: Fn(K) -> Option<V> + Send + 'static,
 {
-    let mut writer = Writer::<K>::default();
-    let store = writer.as_reader();
+    let objects = Arc::new(Mutex::new(Objects {
+        objects: HashMap::new(),
+        listing: None,
+        live: false,
+        record: kind.record,
+    }));
+    let (ready_tx, ready) = watch::channel(false);
+    let handle = Watched {
+        objects: objects.clone(),
+        ready,
+    };
+    let Kind {
+        resource, convert, ..
+    } = kind;
     tasks.spawn(async move {
         let counters = resource.counters(&shared.counters);
         let mut lists = 0u64;
@@ -367,11 +475,7 @@ where
         // retries; it resets itself after two quiet minutes.
         let mut gone_backoff = watcher::DefaultBackoff::default();
         loop {
-            let mut events = std::pin::pin!(
-                watcher(api.clone(), config.clone())
-                    .default_backoff()
-                    .map(|event| event.map(|e| e.modify(slim)))
-            );
+            let mut events = std::pin::pin!(watcher(api.clone(), config.clone()).default_backoff());
             while let Some(event) = events.next().await {
                 let event = match event {
                     Ok(event) => event,
@@ -385,23 +489,47 @@ where
                     }
                 };
                 shared.outage.recovered();
-                match &event {
+                let mut objects = objects.lock().unwrap_or_else(|e| e.into_inner());
+                let recorded = match event {
                     watcher::Event::Init => {
                         lists += 1;
                         if lists > 1 {
                             counters.relists.fetch_add(1, Ordering::Relaxed);
                             info!(resource = resource.name(), "relisting");
                         }
+                        objects.listing = Some(HashMap::new());
+                        false
                     }
-                    watcher::Event::InitApply(_)
-                    | watcher::Event::Apply(_)
-                    | watcher::Event::Delete(_) => {
+                    watcher::Event::InitApply(object) => {
                         counters.events.fetch_add(1, Ordering::Relaxed);
+                        let name = ServiceName::of(object.meta());
+                        if let (Some(listing), Some(object)) =
+                            (objects.listing.as_mut(), convert(object))
+                        {
+                            listing.insert(name, Arc::new(object));
+                        }
+                        false
                     }
-                    watcher::Event::InitDone => {}
-                }
-                writer.apply_watcher_event(&event);
-                if !matches!(event, watcher::Event::Init | watcher::Event::InitApply(_)) {
+                    watcher::Event::InitDone => {
+                        let recorded = objects.listed(&shared.feed);
+                        ready_tx.send_replace(true);
+                        recorded
+                    }
+                    watcher::Event::Apply(object) => {
+                        counters.events.fetch_add(1, Ordering::Relaxed);
+                        let name = ServiceName::of(object.meta());
+                        match convert(object) {
+                            Some(object) => objects.apply(name, Some(object), &shared.feed),
+                            None => false,
+                        }
+                    }
+                    watcher::Event::Delete(object) => {
+                        counters.events.fetch_add(1, Ordering::Relaxed);
+                        objects.apply(ServiceName::of(object.meta()), None, &shared.feed)
+                    }
+                };
+                drop(objects);
+                if recorded {
                     // notify_one keeps a permit when the publisher is busy, so no change is lost.
                     shared.changed.notify_one();
                 }
@@ -415,7 +543,7 @@ where
             tokio::time::sleep(delay).await;
         }
     });
-    store
+    handle
 }
 
 /// The server answered the watch request itself with 410 Gone: the resourceVersion we hold is
@@ -451,7 +579,7 @@ impl Outage {
             warn!(
                 resource = resource.name(),
                 %error,
-                "cannot list/watch the API server; keeping the last snapshot and retrying with backoff"
+                "cannot list/watch the API server; keeping the last state and retrying with backoff"
             );
         } else {
             debug!(resource = resource.name(), %error, "list/watch still failing");

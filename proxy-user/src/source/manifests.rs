@@ -16,7 +16,8 @@ use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use serde::Deserialize;
 use tracing::{error, info, warn};
 
-use super::Inputs;
+use super::{Changes, Feed};
+use crate::model::{ServiceInput, ServiceName, SliceInput, service_inputs, slice_keys};
 
 /// The objects parsed from one file.
 #[derive(Clone, Debug, Default)]
@@ -193,29 +194,80 @@ impl ManifestFolder {
         Ok((changed, problems))
     }
 
-    pub fn inputs(&self) -> Inputs {
-        let mut inputs = Inputs::default();
+    /// What the folder holds, as the model reads it. Services sharing a namespace/name are
+    /// kept once, the same one whatever the file order, with the others counted as
+    /// duplicates; slices sharing one are all kept.
+    pub fn contents(&self) -> Contents {
+        let mut services = Vec::new();
+        let mut slices = Vec::new();
         for (_, objects) in self.files.values() {
-            inputs.services.extend(objects.services.iter().cloned());
-            inputs.slices.extend(objects.slices.iter().cloned());
+            services.extend(objects.services.iter().cloned());
+            slices.extend(objects.slices.iter().cloned());
         }
-        inputs
+        Contents {
+            services: service_inputs(&services)
+                .into_iter()
+                .map(|s| (s.name.clone(), Arc::new(s)))
+                .collect(),
+            slices: slice_keys(&slices)
+                .into_iter()
+                .map(|(name, slice)| (name, Arc::new(SliceInput::from_slice(slice))))
+                .collect(),
+        }
     }
 }
 
-/// Polls `dir` every `interval` and publishes the objects whenever a file changes.
+/// A folder's objects, by namespace/name.
+#[derive(Debug, Default, PartialEq)]
+pub struct Contents {
+    pub services: BTreeMap<ServiceName, Arc<ServiceInput>>,
+    pub slices: BTreeMap<ServiceName, Arc<SliceInput>>,
+}
+
+impl Contents {
+    /// Records in `changes` what turns `self` into `next`.
+    fn diff(&self, next: &Contents, changes: &mut Changes) {
+        for (name, service) in &next.services {
+            if self.services.get(name) != Some(service) {
+                changes.upsert_service(service.clone());
+            }
+        }
+        for name in self.services.keys() {
+            if !next.services.contains_key(name) {
+                changes.delete_service(name.clone());
+            }
+        }
+        for (name, slice) in &next.slices {
+            if self.slices.get(name) != Some(slice) {
+                changes.upsert_slice(name.clone(), slice.clone());
+            }
+        }
+        for name in self.slices.keys() {
+            if !next.slices.contains_key(name) {
+                changes.delete_slice(name.clone());
+            }
+        }
+    }
+}
+
+/// Polls `dir` every `interval` and records in `feed` what changed whenever a file does.
+/// The first poll publishes even an empty folder: it is the whole truth.
 pub async fn watch(
     dir: PathBuf,
     interval: Duration,
-    tx: tokio::sync::watch::Sender<Arc<Inputs>>,
+    feed: Arc<Feed>,
     problems_total: impl Fn(usize) + Send + 'static,
 ) {
     let mut folder = ManifestFolder::new(&dir);
+    let mut published = Contents::default();
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut first = true;
     loop {
-        ticker.tick().await;
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = feed.closed() => return,
+        }
         match folder.refresh() {
             Ok((changed, problems)) => {
                 for p in &problems {
@@ -223,16 +275,22 @@ pub async fn watch(
                 }
                 problems_total(problems.len());
                 if changed || first {
-                    let inputs = folder.inputs();
+                    let contents = folder.contents();
+                    for service in contents.services.values().filter(|s| s.duplicates > 0) {
+                        warn!(
+                            service = %service.name,
+                            duplicates = service.duplicates,
+                            "several manifests define this Service; one is used"
+                        );
+                    }
                     info!(
                         dir = %dir.display(),
-                        services = inputs.services.len(),
-                        endpoint_slices = inputs.slices.len(),
+                        services = contents.services.len(),
+                        endpoint_slices = contents.slices.len(),
                         "manifests loaded"
                     );
-                    if tx.send(Arc::new(inputs)).is_err() {
-                        return;
-                    }
+                    feed.update(|changes| published.diff(&contents, changes));
+                    published = contents;
                     first = false;
                 }
             }
@@ -303,7 +361,7 @@ mod tests {
         let mut folder = ManifestFolder::new(&dir);
         let (changed, problems) = folder.refresh().unwrap();
         assert!(changed && problems.is_empty());
-        assert_eq!(folder.inputs().services.len(), 1);
+        assert_eq!(folder.contents().services.len(), 1);
 
         // A bad edit of web.yaml and a new good file in the same poll.
         fs::write(
@@ -321,10 +379,10 @@ mod tests {
         assert_eq!(problems.len(), 1);
         assert_eq!(problems[0].path, dir.join("web.yaml"));
         let names: Vec<_> = folder
-            .inputs()
+            .contents()
             .services
-            .iter()
-            .map(|s| s.metadata.name.clone().unwrap())
+            .keys()
+            .map(|s| s.name.to_string())
             .collect();
         assert_eq!(names, ["other", "web"], "web keeps its last good content");
         // The same bad content is reported once, not on every poll.
@@ -334,9 +392,60 @@ mod tests {
         let (changed, _) = folder.refresh().unwrap();
         assert!(changed);
         assert_eq!(
-            folder.inputs().services.len(),
+            folder.contents().services.len(),
             1,
             "a deleted file's objects go away"
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_folder_is_published_as_the_changes_since_the_last_publication() {
+        let dir =
+            std::env::temp_dir().join(format!("sluice-manifests-diff-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("a.yaml"), format!("{SERVICE}---\n{SLICE}")).unwrap();
+        // The same Service again in another file, with another address.
+        fs::write(
+            dir.join("b.yaml"),
+            SERVICE.replace("10.96.0.10", "10.96.0.11"),
+        )
+        .unwrap();
+        let mut folder = ManifestFolder::new(&dir);
+        folder.refresh().unwrap();
+        let first = folder.contents();
+        assert_eq!(first.services.len(), 1);
+        let web = &first.services[&ServiceName::new("default", "web")];
+        assert_eq!(web.duplicates, 1, "the other one is reported");
+        let mut changes = Changes::default();
+        Contents::default().diff(&first, &mut changes);
+        assert_eq!((changes.services.len(), changes.slices.len()), (1, 1));
+
+        // Only the slice changes: only the slice is published.
+        fs::write(
+            dir.join("a.yaml"),
+            format!("{SERVICE}---\n{}", SLICE.replace("10.0.0.1", "10.0.0.2")),
+        )
+        .unwrap();
+        folder.refresh().unwrap();
+        let second = folder.contents();
+        let mut changes = Changes::default();
+        first.diff(&second, &mut changes);
+        assert!(changes.services.is_empty(), "{changes:?}");
+        assert_eq!(changes.slices.len(), 1);
+
+        // A deleted file's objects are published as deletions.
+        fs::remove_file(dir.join("a.yaml")).unwrap();
+        folder.refresh().unwrap();
+        let third = folder.contents();
+        let mut changes = Changes::default();
+        second.diff(&third, &mut changes);
+        assert_eq!(changes.slices.values().collect::<Vec<_>>(), [&None]);
+        assert_eq!(third.services.len(), 1, "b.yaml still defines web");
+        assert_eq!(
+            third.services[&ServiceName::new("default", "web")].duplicates,
+            0
         );
         fs::remove_dir_all(&dir).unwrap();
     }

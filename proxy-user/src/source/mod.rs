@@ -1,54 +1,146 @@
-//! Where Services and EndpointSlices come from. Every source publishes whole snapshots of its
-//! objects on a watch channel; the sync loop only ever sees [`Inputs`].
+//! Where Services and EndpointSlices come from. Every source records what changed, object by
+//! object, in a [`Feed`]; the sync loop drains it and applies only those changes, so the cost
+//! of a change does not grow with the number of objects.
 
 pub mod kube;
 pub mod manifests;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use k8s_openapi::api::{
-    core::v1::{Node, Service},
-    discovery::v1::EndpointSlice,
+use k8s_openapi::api::core::v1::Node;
+use tokio::sync::watch;
+
+use crate::{
+    fast::HashMap,
+    model::{ServiceInput, ServiceName, SliceInput},
 };
 
-/// The objects the desired state is computed from.
-#[derive(Clone, Debug, Default)]
-pub struct Inputs {
-    pub services: Vec<Service>,
-    pub slices: Vec<EndpointSlice>,
-    /// This node's own Node object, when the source knows it (zone, addresses).
-    pub node: Option<Node>,
+/// Changes not yet applied, the latest per object: `None` means deleted. An object changed
+/// and changed back still appears; the consumer compares with what it has.
+#[derive(Debug, Default)]
+pub struct Changes {
+    pub services: HashMap<ServiceName, Option<Arc<ServiceInput>>>,
+    /// Keyed by the slice's own namespace/name.
+    pub slices: HashMap<ServiceName, Option<Arc<SliceInput>>>,
+    /// `Some` when this node's Node object changed (to `None`: it is gone).
+    pub node: Option<Option<Arc<Node>>>,
 }
 
-pub type InputsRx = tokio::sync::watch::Receiver<Arc<Inputs>>;
+impl Changes {
+    pub fn upsert_service(&mut self, service: Arc<ServiceInput>) {
+        self.services.insert(service.name.clone(), Some(service));
+    }
 
-impl Inputs {
-    /// How many Services and EndpointSlices were added, changed or removed since `old`, for
-    /// kube-proxy's change counters. O(objects): fine while each sync is O(objects) anyway.
-    pub fn changes_since(&self, old: &Inputs) -> (u64, u64) {
-        fn changed<T: PartialEq>(
-            old: &[T],
-            new: &[T],
-            key: impl Fn(&T) -> (Option<&String>, Option<&String>),
-        ) -> u64 {
-            use std::collections::BTreeMap;
-            let before: BTreeMap<_, &T> = old.iter().map(|o| (key(o), o)).collect();
-            let after: BTreeMap<_, &T> = new.iter().map(|o| (key(o), o)).collect();
-            let modified_or_added = after
-                .iter()
-                .filter(|(k, v)| before.get(k).is_none_or(|b| b != *v))
-                .count();
-            let removed = before.keys().filter(|k| !after.contains_key(k)).count();
-            (modified_or_added + removed) as u64
+    pub fn delete_service(&mut self, name: ServiceName) {
+        self.services.insert(name, None);
+    }
+
+    pub fn upsert_slice(&mut self, name: ServiceName, slice: Arc<SliceInput>) {
+        self.slices.insert(name, Some(slice));
+    }
+
+    pub fn delete_slice(&mut self, name: ServiceName) {
+        self.slices.insert(name, None);
+    }
+
+    pub fn set_node(&mut self, node: Option<Arc<Node>>) {
+        self.node = Some(node);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty() && self.slices.is_empty() && self.node.is_none()
+    }
+}
+
+/// Shared by a source and the sync loop: the source records changes and publishes, the
+/// loop wakes on a publication and takes what has accumulated.
+#[derive(Debug)]
+pub struct Feed {
+    pending: Mutex<Changes>,
+    /// Counts publications; the sync loop waits on it.
+    published: watch::Sender<u64>,
+}
+
+impl Feed {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            pending: Mutex::default(),
+            published: watch::channel(0).0,
+        })
+    }
+
+    /// Records changes without waking the loop: a source publishes once per burst.
+    pub fn record(&self, change: impl FnOnce(&mut Changes)) {
+        change(&mut self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    /// Wakes the loop for what was recorded.
+    pub fn publish(&self) {
+        self.published.send_modify(|n| *n += 1);
+    }
+
+    /// [`Feed::record`] then [`Feed::publish`].
+    pub fn update(&self, change: impl FnOnce(&mut Changes)) {
+        self.record(change);
+        self.publish();
+    }
+
+    /// Publications so far.
+    pub fn publications(&self) -> u64 {
+        *self.published.borrow()
+    }
+
+    /// Resolves once every [`FeedRx`] is gone: nobody consumes the changes any more.
+    pub async fn closed(&self) {
+        self.published.closed().await;
+    }
+
+    /// A receiver that has seen every publication so far.
+    pub fn subscribe(self: &Arc<Self>) -> FeedRx {
+        FeedRx {
+            feed: self.clone(),
+            published: self.published.subscribe(),
         }
-        (
-            changed(&old.services, &self.services, |s| {
-                (s.metadata.namespace.as_ref(), s.metadata.name.as_ref())
-            }),
-            changed(&old.slices, &self.slices, |s| {
-                (s.metadata.namespace.as_ref(), s.metadata.name.as_ref())
-            }),
-        )
+    }
+
+    fn take(&self) -> Changes {
+        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Services and EndpointSlices with changes waiting.
+    pub fn pending(&self) -> (usize, usize) {
+        let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        (pending.services.len(), pending.slices.len())
+    }
+}
+
+/// The sync loop's end of a [`Feed`].
+#[derive(Debug)]
+pub struct FeedRx {
+    feed: Arc<Feed>,
+    published: watch::Receiver<u64>,
+}
+
+impl FeedRx {
+    /// Waits for a publication not yet seen; `Err` when the source is gone.
+    pub async fn changed(&mut self) -> Result<(), watch::error::RecvError> {
+        self.published.changed().await
+    }
+
+    /// Takes every change recorded so far and marks the publications seen: a change that
+    /// arrived while a sync was waiting is applied now and must not wake a second,
+    /// identical sync.
+    pub fn take(&mut self) -> Changes {
+        self.published.borrow_and_update();
+        self.feed.take()
+    }
+
+    pub fn has_changed(&self) -> bool {
+        self.published.has_changed().unwrap_or(false)
+    }
+
+    pub fn feed(&self) -> &Arc<Feed> {
+        &self.feed
     }
 }
 
@@ -56,34 +148,38 @@ impl Inputs {
 mod tests {
     use super::*;
 
-    fn svc(name: &str, ip: &str) -> Service {
-        serde_json::from_value(serde_json::json!({
+    fn svc(name: &str, ip: &str) -> Arc<ServiceInput> {
+        let svc = serde_json::from_value(serde_json::json!({
             "metadata": {"name": name, "namespace": "default"},
             "spec": {"clusterIP": ip}
         }))
-        .unwrap()
+        .unwrap();
+        Arc::new(ServiceInput::from_service(&svc))
     }
 
-    #[test]
-    fn counts_added_changed_and_removed_objects() {
-        let old = Inputs {
-            services: vec![
-                svc("a", "10.96.0.1"),
-                svc("b", "10.96.0.2"),
-                svc("c", "10.96.0.3"),
-            ],
-            ..Inputs::default()
-        };
-        let new = Inputs {
-            services: vec![
-                svc("a", "10.96.0.1"),
-                svc("b", "10.96.0.9"),
-                svc("d", "10.96.0.4"),
-            ],
-            ..Inputs::default()
-        };
-        // b changed, c removed, d added; a unchanged.
-        assert_eq!(new.changes_since(&old), (3, 0));
-        assert_eq!(new.changes_since(&new), (0, 0));
+    #[tokio::test]
+    async fn changes_are_coalesced_per_object_and_taken_once() {
+        let feed = Feed::new();
+        let mut rx = feed.subscribe();
+        feed.record(|c| c.upsert_service(svc("a", "10.96.0.1")));
+        assert!(!rx.has_changed(), "recording alone does not wake the loop");
+        feed.update(|c| {
+            c.upsert_service(svc("a", "10.96.0.2"));
+            c.upsert_service(svc("b", "10.96.0.3"));
+            c.delete_slice(ServiceName::new("default", "b-1"));
+        });
+        assert_eq!(feed.pending(), (2, 1));
+        rx.changed().await.unwrap();
+        let changes = rx.take();
+        assert_eq!(changes.services.len(), 2);
+        assert_eq!(
+            changes.services[&ServiceName::new("default", "a")],
+            Some(svc("a", "10.96.0.2")),
+            "the latest version of an object"
+        );
+        assert_eq!(changes.slices[&ServiceName::new("default", "b-1")], None);
+        assert!(!rx.has_changed());
+        assert!(rx.take().is_empty());
+        assert_eq!(feed.publications(), 1);
     }
 }

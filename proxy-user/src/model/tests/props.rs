@@ -75,7 +75,7 @@ fn service_port() -> impl Strategy<Value = Value> {
         })
 }
 
-fn service() -> impl Strategy<Value = Value> {
+pub(super) fn service() -> impl Strategy<Value = Value> {
     let meta = (
         mostly(&[Some("x")], &["y"]),
         select(NAMES.to_vec()),
@@ -233,7 +233,7 @@ fn endpoint() -> impl Strategy<Value = Value> {
         })
 }
 
-fn slice() -> impl Strategy<Value = Value> {
+pub(super) fn slice() -> impl Strategy<Value = Value> {
     (
         mostly(&[Some("x")], &["y"]),
         mostly(&NAMES.map(Some), &[]),
@@ -265,7 +265,7 @@ fn slice() -> impl Strategy<Value = Value> {
         })
 }
 
-fn node_context() -> impl Strategy<Value = NodeContext> {
+pub(super) fn node_context() -> impl Strategy<Value = NodeContext> {
     let filters = vec![
         NodePortAddresses::All,
         NodePortAddresses::Primary,
