@@ -5,6 +5,7 @@ mod bootstrap;
 mod chart;
 mod cmd;
 mod lab;
+mod vm;
 
 use std::{
     path::{Path, PathBuf},
@@ -51,6 +52,29 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
+    /// A QEMU guest booting Debian bookworm's kernel (6.1), for IPVS (docs/ipvs-vm.md).
+    Vm {
+        #[command(subcommand)]
+        task: VmTask,
+    },
+}
+
+#[derive(Subcommand)]
+enum VmTask {
+    /// Fetch and build (once, cached) qemu, the kernel, the root filesystem and the initramfs.
+    Build,
+    /// Boot the guest and run a command there as root; exits with its exit code. The source
+    /// tree is at /src, the cargo target folder at /mnt/target (e.g. /mnt/target/debug/sluice).
+    Run {
+        /// Kill the guest after this many seconds.
+        #[arg(long, default_value_t = 900)]
+        timeout: u64,
+        #[arg(trailing_var_arg = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Build sluice, then check in the guest that the probe picks IPVS on 6.1 and that IPVS
+    /// balances real connections (tests/vm/*.sh).
+    Test,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -79,6 +103,20 @@ fn main() -> anyhow::Result<()> {
             };
             bench::controller(&root, controller)?;
             bench::datapath(&root, datapath)
+        }
+        Task::Vm { task } => {
+            let vm = vm::Vm::new(&root);
+            match task {
+                VmTask::Build => vm.build(),
+                VmTask::Run { timeout, command } => {
+                    let code = vm.run(&command, std::time::Duration::from_secs(timeout))?;
+                    std::process::exit(code)
+                }
+                VmTask::Test => {
+                    build(false)?;
+                    vm.test()
+                }
+            }
         }
         Task::Lab { requests } => {
             bootstrap::bootstrap()?;
