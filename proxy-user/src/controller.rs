@@ -84,8 +84,9 @@ pub struct Controller {
     /// keys each Service contributes, and the keys changed since the last write.
     side_desired: SideMaps,
     side: SideMaps,
-    side_of: HashMap<ServiceName, SideKeys>,
+    side_of: HashMap<ServiceName, OwnedSide>,
     side_dirty: SideKeys,
+
     /// Services using each ClusterIP (normally one).
     vip_users: HashMap<u32, u32>,
     /// The node's addresses, admitted by every `loadBalancerSourceRanges`.
@@ -253,6 +254,9 @@ impl Controller {
             &mut maps,
             &self.observer.metrics,
         );
+        if full {
+            self.reconcile_meta(&mut maps);
+        }
         let report = if full {
             plan::sync(&mut maps, &mut self.mirror, &self.desired)
         } else {
@@ -419,7 +423,11 @@ impl Controller {
 
     /// Replaces the side-map entries of the Services in `sides`: every old entry first, as
     /// for frontend keys, since one can pass from one Service to another within one settle.
+    ///
+    /// Frontend metadata, which no program reads, is written to the kernel at once and kept
+    /// nowhere else: at 100,000 frontends a copy would cost tens of megabytes.
     fn set_sides(&mut self, sides: Vec<(ServiceName, SideKeysWithValues)>) {
+        let mut old_meta: Vec<ServiceKey> = Vec::new();
         for (name, _) in &sides {
             let Some(old) = self.side_of.remove(name) else {
                 continue;
@@ -437,33 +445,88 @@ impl Controller {
                     self.side_dirty.vips.insert(vip);
                 }
             }
-            for key in old.meta {
-                self.side_desired.meta.remove(&key);
-                self.side_dirty.meta.insert(key);
-            }
+            old_meta.extend(old.meta.iter().copied());
         }
         for (name, new) in sides {
-            let mut keys = SideKeys::default();
-            for key in new.source_ranges {
-                self.side_desired.source_ranges.insert(key, ());
-                self.side_dirty.source_ranges.insert(key);
-                keys.source_ranges.insert(key);
+            let mut vips: Vec<u32> = new.vips;
+            vips.sort_unstable();
+            vips.dedup();
+            for key in &new.source_ranges {
+                self.side_desired.source_ranges.insert(*key, ());
+                self.side_dirty.source_ranges.insert(*key);
             }
-            for vip in new.vips {
-                if keys.vips.insert(vip) {
-                    *self.vip_users.entry(vip).or_default() += 1;
-                    self.side_desired.vips.insert(vip, ());
-                    self.side_dirty.vips.insert(vip);
+            for vip in &vips {
+                *self.vip_users.entry(*vip).or_default() += 1;
+                self.side_desired.vips.insert(*vip, ());
+                self.side_dirty.vips.insert(*vip);
+            }
+            let mut meta_keys = Vec::with_capacity(new.meta.len());
+            for (key, meta) in new.meta {
+                self.write_meta(key, Some(meta));
+                meta_keys.push(key);
+            }
+            let owned = OwnedSide {
+                source_ranges: new.source_ranges.into_boxed_slice(),
+                vips: vips.into_boxed_slice(),
+                meta: meta_keys.into_boxed_slice(),
+            };
+            if !owned.is_empty() {
+                self.side_of.insert(name, owned);
+            }
+        }
+        // Keys no Service owns any more; a key passed to another Service was rewritten above.
+        for key in old_meta {
+            let still_owned = self.meta_owner_exists(&key);
+            if !still_owned {
+                self.write_meta(key, None);
+            }
+        }
+    }
+
+    /// Whether some Service's frontends still have metadata under `key`: true for the keys
+    /// just rewritten. Checked only for the keys the settled Services gave up.
+    fn meta_owner_exists(&self, key: &ServiceKey) -> bool {
+        self.desired.contains_key(key)
+    }
+
+    /// Writes (`Some`) or deletes one frontend's metadata, if there are maps.
+    fn write_meta(&mut self, key: ServiceKey, meta: Option<FrontendMeta>) {
+        let Some(maps) = self.maps.as_mut() else {
+            return;
+        };
+        if let Err(err) = maps.set_meta(key, meta) {
+            error!(?key, error = %err, "frontend metadata not written");
+            self.observer.metrics.record_store_error(&err);
+        }
+    }
+
+    /// A full sync's metadata pass, repairing drift: every frontend's entry is written again
+    /// from the model, and entries of frontends that are gone are deleted.
+    fn reconcile_meta(&mut self, maps: &mut PinnedMaps) {
+        let mut desired = BTreeSet::new();
+        let names: Vec<ServiceName> = self.model.service_names().cloned().collect();
+        for name in &names {
+            let Some(frontends) = self.model.service(name).and_then(|v| v.frontends()) else {
+                continue;
+            };
+            for frontend in frontends {
+                for (key, meta) in frontend_side(frontend, &self.node_addresses).meta {
+                    desired.insert(key);
+                    if let Err(err) = maps.set_meta(key, Some(meta)) {
+                        error!(?key, error = %err, "frontend metadata not written");
+                        self.observer.metrics.record_store_error(&err);
+                    }
                 }
             }
-            for (key, meta) in new.meta {
-                self.side_desired.meta.insert(key, meta);
-                self.side_dirty.meta.insert(key);
-                keys.meta.insert(key);
-            }
-            if !keys.is_empty() {
-                self.side_of.insert(name, keys);
-            }
+        }
+        let stale: Vec<ServiceKey> = maps
+            .meta
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !desired.contains(k))
+            .collect();
+        for key in stale {
+            let _ = maps.set_meta(key, None);
         }
     }
 
@@ -605,7 +668,6 @@ impl Controller {
 struct SideMaps {
     source_ranges: BTreeMap<SourceRangeEntry, ()>,
     vips: BTreeMap<u32, ()>,
-    meta: BTreeMap<ServiceKey, FrontendMeta>,
 }
 
 /// Keys of the side maps: those one Service contributes, or those changed since the last
@@ -614,10 +676,18 @@ struct SideMaps {
 struct SideKeys {
     source_ranges: BTreeSet<SourceRangeEntry>,
     vips: BTreeSet<u32>,
-    meta: BTreeSet<ServiceKey>,
 }
 
-impl SideKeys {
+/// The side-map keys one Service contributes, kept at their exact size: there is one of these
+/// per Service.
+#[derive(Debug, Default)]
+struct OwnedSide {
+    source_ranges: Box<[SourceRangeEntry]>,
+    vips: Box<[u32]>,
+    meta: Box<[ServiceKey]>,
+}
+
+impl OwnedSide {
     fn is_empty(&self) -> bool {
         self.source_ranges.is_empty() && self.vips.is_empty() && self.meta.is_empty()
     }
@@ -653,7 +723,6 @@ impl SideMaps {
         Self {
             source_ranges: maps.source_range_entries(),
             vips: maps.vip_entries(),
-            meta: maps.meta_entries(),
         }
     }
 
@@ -682,14 +751,6 @@ impl SideMaps {
             phase,
             metrics,
             |k, v| maps.set_vip(k, v),
-        );
-        sync_entries(
-            &mut self.meta,
-            &desired.meta,
-            scope.map(|s| &s.meta),
-            phase,
-            metrics,
-            |k, v| maps.set_meta(k, v),
         );
     }
 }
