@@ -7,7 +7,7 @@ mod common;
 
 use std::{
     io::{ErrorKind, Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -16,19 +16,11 @@ use std::{
 };
 
 use common::*;
-use sluice_testbed::{Host, Topology, require_root};
+use sluice_testbed::{Host, Topology};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 30);
 const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 1);
 const TIMEOUT: Duration = Duration::from_secs(3);
-
-fn setup(test: &str, backends: usize) -> (Topology, Scratch) {
-    require_root();
-    (
-        Topology::star(test, backends).expect("building the test bed"),
-        Scratch::new(test),
-    )
-}
 
 fn start(topo: &Topology, scratch: &Scratch, dataplane: &str) -> Sluice {
     Sluice::start_with(topo, scratch, &["--dataplane", dataplane])
@@ -75,26 +67,6 @@ fn servers_answering(client: &Host, dest: SocketAddr, n: usize) -> Option<Vec<St
     replies
         .ok()
         .map(|r| r.iter().map(|r| r.server().to_string()).collect())
-}
-
-fn tcp_connect(host: &Host, dest: SocketAddr, timeout: Duration) -> (Option<ErrorKind>, Duration) {
-    host.run(|| {
-        let started = Instant::now();
-        let result = TcpStream::connect_timeout(&dest, timeout);
-        (result.err().map(|e| e.kind()), started.elapsed())
-    })
-}
-
-fn udp_exchange(host: &Host, dest: SocketAddr, timeout: Duration) -> Result<String, ErrorKind> {
-    host.run(|| {
-        let socket = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.kind())?;
-        socket.connect(dest).map_err(|e| e.kind())?;
-        socket.set_read_timeout(Some(timeout)).unwrap();
-        socket.send(b"hello\n").map_err(|e| e.kind())?;
-        let mut buf = [0u8; 512];
-        let n = socket.recv(&mut buf).map_err(|e| e.kind())?;
-        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
-    })
 }
 
 // ------------------------------------------------------------------------------------------

@@ -10,18 +10,10 @@ use std::{
 
 use common::*;
 use proxy_common::{PROTO_TCP, PROTO_UDP, stat};
-use sluice_testbed::{Topology, require_root};
+use sluice_testbed::Topology;
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 50);
 const TIMEOUT: Duration = Duration::from_secs(3);
-
-fn setup(test: &str, backends: usize) -> (Topology, Scratch) {
-    require_root();
-    (
-        Topology::star(test, backends).expect("building the test bed"),
-        Scratch::new(test),
-    )
-}
 
 /// `service_yaml` with extra lines under `metadata:` (annotations) and under `spec:`.
 fn service_with(

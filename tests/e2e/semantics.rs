@@ -11,42 +11,10 @@ use std::{
 
 use common::*;
 use proxy_common::{PROTO_TCP, PROTO_UDP, stat};
-use sluice_testbed::{Host, Topology, require_root};
+use sluice_testbed::{Host, Topology};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
 const TIMEOUT: Duration = Duration::from_secs(3);
-
-fn setup(test: &str, backends: usize) -> (Topology, Scratch) {
-    require_root();
-    (
-        Topology::star(test, backends).expect("building the test bed"),
-        Scratch::new(test),
-    )
-}
-
-/// Connects from `host`, returning the error kind (or `None` on success) and how long it took.
-fn tcp_connect(host: &Host, dest: SocketAddr, timeout: Duration) -> (Option<ErrorKind>, Duration) {
-    host.run(|| {
-        let started = Instant::now();
-        let result = TcpStream::connect_timeout(&dest, timeout);
-        (result.err().map(|e| e.kind()), started.elapsed())
-    })
-}
-
-/// Sends one datagram from a socket connected to `dest` and waits for an answer; the error
-/// kind when there is none. A connected UDP socket reports an ICMP port unreachable that
-/// quotes its own datagram as ECONNREFUSED, and ignores one quoting anything else.
-fn udp_exchange(host: &Host, dest: SocketAddr, timeout: Duration) -> Result<String, ErrorKind> {
-    host.run(|| {
-        let socket = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.kind())?;
-        socket.connect(dest).map_err(|e| e.kind())?;
-        socket.set_read_timeout(Some(timeout)).unwrap();
-        socket.send(b"hello\n").map_err(|e| e.kind())?;
-        let mut buf = [0u8; 512];
-        let n = socket.recv(&mut buf).map_err(|e| e.kind())?;
-        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
-    })
-}
 
 #[test]
 fn a_service_without_endpoints_refuses_tcp_and_udp_at_once() {

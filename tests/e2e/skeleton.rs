@@ -7,18 +7,10 @@ use std::{net::SocketAddrV4, time::Duration};
 
 use common::*;
 use proxy_common::{PROTO_TCP, PROTO_UDP, stat};
-use sluice_testbed::{Topology, require_root};
+use sluice_testbed::Topology;
 
 const VIP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 96, 0, 10);
 const TIMEOUT: Duration = Duration::from_secs(3);
-
-fn setup(test: &str, backends: usize) -> (Topology, Scratch) {
-    require_root();
-    (
-        Topology::star(test, backends).expect("building the test bed"),
-        Scratch::new(test),
-    )
-}
 
 fn backend_addrs(topo: &Topology, port: u16) -> Vec<SocketAddrV4> {
     topo.backends()

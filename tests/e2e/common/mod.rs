@@ -21,6 +21,47 @@ use sluice_testbed::{Host, Topology};
 
 pub const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
 
+/// A star test bed (client, node, `backends` backends) and a scratch folder for one test.
+pub fn setup(test: &str, backends: usize) -> (Topology, Scratch) {
+    sluice_testbed::require_root();
+    (
+        Topology::star(test, backends).expect("building the test bed"),
+        Scratch::new(test),
+    )
+}
+
+/// Connects from `host`, returning the error kind (or `None` on success) and how long it took.
+pub fn tcp_connect(
+    host: &Host,
+    dest: SocketAddr,
+    timeout: Duration,
+) -> (Option<std::io::ErrorKind>, Duration) {
+    host.run(|| {
+        let started = Instant::now();
+        let result = std::net::TcpStream::connect_timeout(&dest, timeout);
+        (result.err().map(|e| e.kind()), started.elapsed())
+    })
+}
+
+/// Sends one datagram from a socket connected to `dest` and waits for an answer; the error
+/// kind when there is none. A connected UDP socket reports an ICMP port unreachable that
+/// quotes its own datagram as ECONNREFUSED, and ignores one quoting anything else.
+pub fn udp_exchange(
+    host: &Host,
+    dest: SocketAddr,
+    timeout: Duration,
+) -> Result<String, std::io::ErrorKind> {
+    host.run(|| {
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0").map_err(|e| e.kind())?;
+        socket.connect(dest).map_err(|e| e.kind())?;
+        socket.set_read_timeout(Some(timeout)).unwrap();
+        socket.send(b"hello\n").map_err(|e| e.kind())?;
+        let mut buf = [0u8; 512];
+        let n = socket.recv(&mut buf).map_err(|e| e.kind())?;
+        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+    })
+}
+
 static BPFFS: Once = Once::new();
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
