@@ -10,7 +10,6 @@ use std::{
 
 use common::*;
 use proxy_common::{PROTO_TCP, PROTO_UDP, stat};
-use sluice_testbed::Topology;
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 50);
 const TIMEOUT: Duration = Duration::from_secs(3);
@@ -28,13 +27,6 @@ fn service_with(
         &format!("  namespace: default\n{meta}spec:\n{spec}"),
         1,
     )
-}
-
-fn backend_addrs(topo: &Topology, port: u16) -> Vec<SocketAddrV4> {
-    topo.backends()
-        .iter()
-        .map(|b| SocketAddrV4::new(v4(b), port))
-        .collect()
 }
 
 /// Round robin rotates exactly through the backends for flows handled by one CPU (each CPU

@@ -12,13 +12,6 @@ use sluice_testbed::Topology;
 const VIP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 96, 0, 10);
 const TIMEOUT: Duration = Duration::from_secs(3);
 
-fn backend_addrs(topo: &Topology, port: u16) -> Vec<SocketAddrV4> {
-    topo.backends()
-        .iter()
-        .map(|b| SocketAddrV4::new(v4(b), port))
-        .collect()
-}
-
 #[test]
 fn tcp_cluster_ip_spreads_over_all_backends_and_replies_come_from_the_vip() {
     let (topo, scratch) = setup("tcpspread", 3);

@@ -30,6 +30,14 @@ pub fn setup(test: &str, backends: usize) -> (Topology, Scratch) {
     )
 }
 
+/// Every backend of `topo` at `port`.
+pub fn backend_addrs(topo: &Topology, port: u16) -> Vec<SocketAddrV4> {
+    topo.backends()
+        .iter()
+        .map(|b| SocketAddrV4::new(v4(b), port))
+        .collect()
+}
+
 /// Connects from `host`, returning the error kind (or `None` on success) and how long it took.
 pub fn tcp_connect(
     host: &Host,
