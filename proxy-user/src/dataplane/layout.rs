@@ -127,16 +127,58 @@ pub struct FrontendSide {
 /// [`FrontendSide`] of one frontend (see [`desired_vips`], [`desired_source_ranges`],
 /// [`desired_meta`] for what each part is).
 pub fn frontend_side(frontend: &Frontend, node_addresses: &[IpAddr]) -> FrontendSide {
-    let one = DesiredState {
-        services: BTreeMap::from([(frontend.service.clone(), vec![frontend.clone()])]),
-        ..DesiredState::default()
+    let Some(key) = service_key(&frontend.key) else {
+        return FrontendSide::default();
     };
+    let vip = (frontend.kind == FrontendKind::ClusterIp).then_some(key.addr);
+    let range = |net: std::net::Ipv4Addr, len: u8| {
+        (
+            SourceRangeKey::FRONTEND_BITS + u32::from(len),
+            SourceRangeKey {
+                vip: key.addr,
+                port: key.port,
+                proto: key.proto,
+                _pad: 0,
+                saddr: u32::from_ne_bytes(net.octets()),
+            },
+        )
+    };
+    let mut source_ranges = Vec::new();
+    if !frontend.source_ranges.is_empty() {
+        for cidr in &frontend.source_ranges {
+            if let IpAddr::V4(net) = cidr.network() {
+                source_ranges.push(range(net, cidr.prefix_len()));
+            }
+        }
+        for address in node_addresses {
+            if let IpAddr::V4(ip) = address {
+                source_ranges.push(range(*ip, 32));
+            }
+        }
+    }
+    let meta = FrontendMeta {
+        namespace: padded(&frontend.service.namespace),
+        name: padded(&frontend.service.name),
+        port_name: padded(&frontend.port_name),
+        kind: match frontend.kind {
+            FrontendKind::ClusterIp => frontend_kind::CLUSTER_IP,
+            FrontendKind::NodePort => frontend_kind::NODE_PORT,
+            FrontendKind::LoadBalancer => frontend_kind::LOAD_BALANCER,
+            FrontendKind::ExternalIp => frontend_kind::EXTERNAL_IP,
+        },
+        _pad: [0; 3],
+        affinity_timeout: frontend.affinity_timeout.unwrap_or(0),
+    };
+    let mut metas = vec![(key, meta)];
+    match frontend.key.scope {
+        Scope::Both => {}
+        Scope::Internal => metas.push((key.with_scope(scope::INTERNAL), meta)),
+        Scope::External => metas.push((key.with_scope(scope::EXTERNAL), meta)),
+    }
     FrontendSide {
-        vip: desired_vips(&one).into_iter().next(),
-        source_ranges: desired_source_ranges(&one, node_addresses)
-            .into_iter()
-            .collect(),
-        meta: desired_meta(&one).into_iter().collect(),
+        vip,
+        source_ranges,
+        meta: metas,
     }
 }
 
@@ -147,47 +189,17 @@ pub fn frontend_side(frontend: &Frontend, node_addresses: &[IpAddr]) -> Frontend
 pub fn desired_vips(state: &DesiredState) -> BTreeSet<u32> {
     state
         .frontends()
-        .filter(|f| f.kind == FrontendKind::ClusterIp)
-        .filter_map(|f| match f.key.ip {
-            IpAddr::V4(ip) => Some(u32::from_ne_bytes(ip.octets())),
-            IpAddr::V6(_) => None,
-        })
+        .filter_map(|f| frontend_side(f, &[]).vip)
         .collect()
 }
 
 /// `SLUICE_META4`: which Service, port and kind every frontend entry (each scope entry and the
 /// split marker included) serves, for `sluice inspect`.
 pub fn desired_meta(state: &DesiredState) -> BTreeMap<ServiceKey, FrontendMeta> {
-    let mut entries = BTreeMap::new();
-    for frontend in state.frontends() {
-        let Some(key) = service_key(&frontend.key) else {
-            continue;
-        };
-        let meta = FrontendMeta {
-            namespace: padded(&frontend.service.namespace),
-            name: padded(&frontend.service.name),
-            port_name: padded(&frontend.port_name),
-            kind: match frontend.kind {
-                FrontendKind::ClusterIp => frontend_kind::CLUSTER_IP,
-                FrontendKind::NodePort => frontend_kind::NODE_PORT,
-                FrontendKind::LoadBalancer => frontend_kind::LOAD_BALANCER,
-                FrontendKind::ExternalIp => frontend_kind::EXTERNAL_IP,
-            },
-            _pad: [0; 3],
-            affinity_timeout: frontend.affinity_timeout.unwrap_or(0),
-        };
-        entries.insert(key, meta);
-        match frontend.key.scope {
-            Scope::Both => {}
-            Scope::Internal => {
-                entries.insert(key.with_scope(scope::INTERNAL), meta);
-            }
-            Scope::External => {
-                entries.insert(key.with_scope(scope::EXTERNAL), meta);
-            }
-        }
-    }
-    entries
+    state
+        .frontends()
+        .flat_map(|f| frontend_side(f, &[]).meta)
+        .collect()
 }
 
 /// `text` NUL-padded to `N` bytes, cut at a character boundary if it is longer (Kubernetes
@@ -212,38 +224,10 @@ pub fn desired_source_ranges(
     state: &DesiredState,
     node_addresses: &[IpAddr],
 ) -> BTreeSet<SourceRangeEntry> {
-    let mut entries = BTreeSet::new();
-    for frontend in state.frontends() {
-        if frontend.source_ranges.is_empty() {
-            continue;
-        }
-        let Some(key) = service_key(&frontend.key) else {
-            continue;
-        };
-        let entry = |net: std::net::Ipv4Addr, len: u8| {
-            (
-                SourceRangeKey::FRONTEND_BITS + u32::from(len),
-                SourceRangeKey {
-                    vip: key.addr,
-                    port: key.port,
-                    proto: key.proto,
-                    _pad: 0,
-                    saddr: u32::from_ne_bytes(net.octets()),
-                },
-            )
-        };
-        for range in &frontend.source_ranges {
-            if let IpAddr::V4(net) = range.network() {
-                entries.insert(entry(net, range.prefix_len()));
-            }
-        }
-        for address in node_addresses {
-            if let IpAddr::V4(ip) = address {
-                entries.insert(entry(*ip, 32));
-            }
-        }
-    }
-    entries
+    state
+        .frontends()
+        .flat_map(|f| frontend_side(f, node_addresses).source_ranges)
+        .collect()
 }
 
 /// The `ANY`-scope map key of an IPv4 frontend.
